@@ -1,0 +1,46 @@
+"""memagent_jax: MemAgent memory agents trained with Multi-Conv GRPO, in JAX."""
+
+from setuptools import find_packages, setup
+
+# Every pin below is a set of versions tested together on CPU (Python 3.11).
+INSTALL_REQUIRES = [
+    # jax/jaxlib move together; 0.10.2 is the newest release the project is tested on.
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    # flax <= 0.12.8 breaks on jax >= 0.11.1, so flax and jax are pinned as a pair.
+    "flax==0.12.8",
+    # optax and orbax-checkpoint: the releases that import cleanly against jax 0.10.2.
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    # grain: checkpointable iterator API (DatasetIterator.get_state/set_state) used by data/.
+    "grain==0.2.18",
+    # tensorstore is orbax's array storage backend; pinned to the version orbax was tested with.
+    "tensorstore==0.1.86",
+    "ml-collections==1.1.0",
+    "absl-py>=2.1,<3",
+    # sentencepiece: trainable tokenizer for the embedded CPU default.
+    "sentencepiece==0.2.3",
+    # tokenizers/safetensors/jinja2: real Qwen/Llama checkpoints (tokenizer.json, weights, chat templates).
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "jinja2>=3.1,<4",
+    "numpy>=2.0,<3",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8,<10",
+    # torch 2.13.0 is the CPU wheel available offline; a looser spec would pull CUDA builds.
+    "torch==2.13.0",
+    # transformers builds the tiny random Qwen2/Llama reference checkpoints in tests (no hub access).
+    "transformers==5.23.0",
+]
+
+setup(
+    name="memagent_jax",
+    version="0.1.0",
+    description="MemAgent: long-document memory agents trained with Multi-Conv GRPO, in JAX/Flax NNX.",
+    packages=find_packages(include=["memagent_jax", "memagent_jax.*"]),
+    python_requires=">=3.11",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
