@@ -1,0 +1,181 @@
+"""The Qwen2/Qwen2.5 and Llama 3 decoder in Flax NNX.
+
+Inputs are token ids with per-token positions and segment ids, so one code path serves right padding,
+left padding and packed rows (many conversations in one row): a token attends to earlier tokens of its
+own segment only, and segment id 0 marks padding.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from memagent_jax.model.config import ModelConfig
+from memagent_jax.model.layers import RMSNorm, apply_rope, logical_param, rope_inverse_frequencies
+
+# Finite rather than -inf so that fully masked rows (padding queries) give a harmless uniform softmax.
+_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
+
+
+def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
+    """Positions that restart at 0 at each new segment (padding, segment 0, gets position 0)."""
+    seq_len = segment_ids.shape[-1]
+    index = jnp.arange(seq_len, dtype=jnp.int32)
+    is_start = jnp.concatenate(
+        [jnp.ones_like(segment_ids[..., :1], bool), segment_ids[..., 1:] != segment_ids[..., :-1]], axis=-1
+    )
+    start = jax.lax.cummax(jnp.where(is_start, index, 0), axis=segment_ids.ndim - 1)
+    return jnp.where(segment_ids > 0, index - start, 0).astype(jnp.int32)
+
+
+def causal_segment_mask(segment_ids: jax.Array) -> jax.Array:
+    """[B, T, T] boolean: query i may see key j iff j <= i and both are in the same non-pad segment."""
+    seq_len = segment_ids.shape[-1]
+    causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))
+    same = segment_ids[..., :, None] == segment_ids[..., None, :]
+    return causal & same & (segment_ids[..., None, :] > 0)
+
+
+def _normal(cfg: ModelConfig) -> nnx.Initializer:
+    return jax.nn.initializers.normal(cfg.initializer_range)
+
+
+class Attention(nnx.Module):
+    """Grouped-query attention with rotary positions and optional q/k/v bias (Qwen2)."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, h, kv, hd, wd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.weight_dtype
+        self.q_proj = logical_param(rngs, _normal(cfg), (d, h, hd), wd, ("embed", "heads", "head_dim"))
+        self.k_proj = logical_param(rngs, _normal(cfg), (d, kv, hd), wd, ("embed", "kv_heads", "head_dim"))
+        self.v_proj = logical_param(rngs, _normal(cfg), (d, kv, hd), wd, ("embed", "kv_heads", "head_dim"))
+        self.o_proj = logical_param(rngs, _normal(cfg), (h, hd, d), wd, ("heads", "head_dim", "embed"))
+        if cfg.qkv_bias:
+            zeros = jax.nn.initializers.zeros
+            self.q_bias = logical_param(rngs, zeros, (h, hd), wd, ("heads", "head_dim"))
+            self.k_bias = logical_param(rngs, zeros, (kv, hd), wd, ("kv_heads", "head_dim"))
+            self.v_bias = logical_param(rngs, zeros, (kv, hd), wd, ("kv_heads", "head_dim"))
+
+    def project_qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        """x [B, T, D] -> rotated q [B, T, H, hd], rotated k and v [B, T, KV, hd] (compute dtype)."""
+        dt = self.cfg.compute_dtype
+        q = jnp.einsum("btd,dhk->bthk", x, self.q_proj[...].astype(dt))
+        k = jnp.einsum("btd,dhk->bthk", x, self.k_proj[...].astype(dt))
+        v = jnp.einsum("btd,dhk->bthk", x, self.v_proj[...].astype(dt))
+        if self.cfg.qkv_bias:
+            q = q + self.q_bias[...].astype(dt)
+            k = k + self.k_bias[...].astype(dt)
+            v = v + self.v_bias[...].astype(dt)
+        inv_freq = rope_inverse_frequencies(self.cfg.head_dim, self.cfg.rope_theta, self.cfg.rope_scaling)
+        return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+    def project_out(self, attended: jax.Array) -> jax.Array:
+        """[B, T, H, hd] -> [B, T, D]."""
+        return jnp.einsum("bthk,hkd->btd", attended, self.o_proj[...].astype(self.cfg.compute_dtype))
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        q, k, v = self.project_qkv(x, positions)
+        return self.project_out(dense_attention(q, k, v, mask))
+
+
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Masked softmax attention, GQA by grouping query heads; scores and softmax in float32.
+
+    q [B, T, H, hd], k/v [B, S, KV, hd], mask [B, T, S] -> [B, T, H, hd].
+    """
+    batch, q_len, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    grouped = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32)
+    scores = scores * (head_dim**-0.5)
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(batch, q_len, heads, head_dim)
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.dtype = cfg.compute_dtype
+        d, f, wd = cfg.hidden_size, cfg.intermediate_size, cfg.weight_dtype
+        self.gate_proj = logical_param(rngs, _normal(cfg), (d, f), wd, ("embed", "mlp"))
+        self.up_proj = logical_param(rngs, _normal(cfg), (d, f), wd, ("embed", "mlp"))
+        self.down_proj = logical_param(rngs, _normal(cfg), (f, d), wd, ("mlp", "embed"))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = x @ self.gate_proj[...].astype(self.dtype)
+        up = x @ self.up_proj[...].astype(self.dtype)
+        return (jax.nn.silu(gate) * up) @ self.down_proj[...].astype(self.dtype)
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm residual block: attention then MLP."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg, rngs=rngs)
+        self.self_attn = Attention(cfg, rngs=rngs)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg, rngs=rngs)
+        self.mlp = MLP(cfg, rngs=rngs)
+
+    def __call__(self, x: jax.Array, positions: jax.Array, mask: jax.Array) -> jax.Array:
+        x = x + self.self_attn(self.input_layernorm(x), positions, mask)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Transformer(nnx.Module):
+    """Decoder-only language model: token embedding, N decoder layers, final norm, LM head."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        d, wd = cfg.hidden_size, cfg.weight_dtype
+        self.embed_tokens = logical_param(rngs, _normal(cfg), (cfg.vocab_size, d), wd, ("vocab", "embed"))
+        self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+        self.norm = RMSNorm(d, cfg.rms_norm_eps, cfg, rngs=rngs)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = logical_param(rngs, _normal(cfg), (d, cfg.vocab_size), wd, ("embed", "vocab"))
+
+    def embed(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.cfg.compute_dtype)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Final norm and LM head; logits in float32 whatever the compute dtype."""
+        hidden = self.norm(hidden)
+        if self.cfg.tie_word_embeddings:
+            table = self.embed_tokens[...].astype(self.cfg.compute_dtype)
+            return jnp.einsum("btd,vd->btv", hidden, table, preferred_element_type=jnp.float32)
+        head = self.lm_head[...].astype(self.cfg.compute_dtype)
+        return jnp.einsum("btd,dv->btv", hidden, head, preferred_element_type=jnp.float32)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
+        """tokens [B, T] -> logits [B, T, vocab] in float32.
+
+        segment_ids [B, T]: 0 marks padding, equal ids form one sequence (packing); default all ones.
+        positions [B, T]: rotary positions; default restarts at 0 at each segment start.
+        """
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
+        if segment_ids is None:
+            segment_ids = jnp.ones_like(tokens, dtype=jnp.int32)
+        if positions is None:
+            positions = positions_from_segments(segment_ids)
+        mask = causal_segment_mask(segment_ids)
+        x = self.embed(tokens)
+        for layer in self.layers:
+            x = layer(x, positions, mask)
+        return self.logits(x)
+
+
+def padding_to_segments(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """HF-style 0/1 attention mask (left or right padding) -> (segment_ids, positions counted on real tokens)."""
+    mask = attention_mask.astype(jnp.int32)
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) * mask
+    return mask, positions.astype(jnp.int32)
