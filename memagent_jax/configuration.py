@@ -1,0 +1,157 @@
+"""Run configs: ml_collections ConfigDicts from `configs/*.py`, overridden on the command line.
+
+Every entry point defines `--config` with `define_config_flag` and parses argv with `parse_flags`, so that
+`--config.model.num_layers=4` overrides any field, while an unknown key or a value of the wrong type stops
+the program with one message naming the key, before anything is built or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import runpy
+from typing import Any, Callable, Sequence
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from memagent_jax.model.config import ModelConfig, RopeScaling, get_preset
+from memagent_jax.model.sharding import DEFAULT_RULES, MESH_AXES, rules_from_config
+
+
+class ConfigError(ValueError):
+    """A config file or command-line override is wrong; the message names the key."""
+
+
+def model_section(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
+    """All ModelConfig fields of a preset as a ConfigDict, so any of them can be overridden by flag.
+
+    `checkpoint`: an HF checkpoint folder; when set, its config.json defines the architecture instead.
+    """
+    fields = dataclasses.asdict(get_preset(preset, **overrides))
+    scaling = fields.pop("rope_scaling")
+    section = ml_collections.ConfigDict(fields)
+    section.preset = preset
+    section.checkpoint = ""
+    section.rope_scaling = ml_collections.ConfigDict(
+        scaling or {"factor": 0.0, "low_freq_factor": 0.0, "high_freq_factor": 0.0,
+                    "original_max_position_embeddings": 0}
+    )
+    return section
+
+
+def mesh_section(data: int = 1, fsdp: int = -1, tensor: int = 1) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"data": data, "fsdp": fsdp, "tensor": tensor})
+
+
+def sharding_section(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({"rules": tuple(tuple(r) for r in rules)})
+
+
+def build_model_config(section: ml_collections.ConfigDict) -> ModelConfig:
+    """ModelConfig from a config's `model` section (rope_scaling with factor 0 means none)."""
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: v for k, v in section.items() if k in fields}
+    scaling = values.pop("rope_scaling", None)
+    if scaling is not None and scaling["factor"]:
+        values["rope_scaling"] = RopeScaling(**dict(scaling))
+    try:
+        return ModelConfig(**values)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.model: {err}") from err
+
+
+def build_rules(section: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
+    try:
+        return rules_from_config(section.rules)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.sharding.rules: {err}") from err
+
+
+def mesh_shape(section: ml_collections.ConfigDict) -> dict[str, int]:
+    unknown = set(section.keys()) - set(MESH_AXES)
+    if unknown:
+        raise ConfigError(f"config.mesh: unknown axes {sorted(unknown)}; expected {MESH_AXES}")
+    return {axis: int(section[axis]) for axis in MESH_AXES}
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Runs a config file's get_config() (for tools and tests; entry points use the flag)."""
+    module = runpy.run_path(path)
+    if "get_config" not in module:
+        raise ConfigError(f"{path} defines no get_config()")
+    return module["get_config"]()
+
+
+def define_config_flag(
+    name: str = "config",
+    default: str | None = None,
+    flag_values: flags.FlagValues = flags.FLAGS,
+    sys_argv: list[str] | None = None,
+) -> flags.FlagHolder:
+    """Defines --config. config_flags finds the override flags in sys.argv unless `sys_argv` is given
+    (tests parse their own argv)."""
+    # lock_config: overriding a key that the file does not define is an error, never a new field.
+    return config_flags.DEFINE_config_file(
+        name, default, "Path to a configs/*.py file; override fields with --config.a.b=value.",
+        flag_values=flag_values, lock_config=True, sys_argv=sys_argv,
+    )
+
+
+def _config_path(argv: Sequence[str], name: str) -> str | None:
+    for arg in argv:
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1].split(":", 1)[0]
+    return None
+
+
+def _check_override_keys(config: ml_collections.ConfigDict, argv: Sequence[str], name: str) -> None:
+    prefix = f"--{name}."
+    for arg in argv:
+        if not arg.startswith(prefix):
+            continue
+        key = arg[len(prefix):].split("=", 1)[0]
+        node: Any = config
+        walked: list[str] = []
+        for part in key.split("."):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(walked) or "the top level"
+                known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
+                raise ConfigError(f"unknown config key '{key}': no field '{part}' under {where}; "
+                                  f"known fields there: {known}")
+            node = node[part]
+            walked.append(part)
+
+
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS, name: str = "config") -> list[str]:
+    """Parses argv; bad config keys or values raise ConfigError naming the key (absl's messages vary)."""
+    path = _config_path(argv[1:], name)
+    if path is not None:
+        _check_override_keys(load_config_file(path), argv[1:], name)
+    try:
+        return flag_values(list(argv))
+    except flags.Error as err:
+        raise ConfigError(f"bad command-line value: {err}") from err
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"bad config override: {err}") from err
+
+
+def absl_flags_parser(argv: Sequence[str]) -> list[str]:
+    """For absl.app.run(main, flags_parser=...): prints one clear line and exits 2 on a config error."""
+    try:
+        return parse_flags(argv)
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
+
+
+def run_main(main: Callable[[list[str]], None]) -> None:
+    """absl.app.run with config-aware flag parsing; a ConfigError raised while building the run (a bad
+    combination of fields) is printed as one line, like a flag error, instead of a traceback."""
+
+    def guarded(argv: list[str]) -> None:
+        try:
+            main(argv)
+        except ConfigError as err:
+            raise SystemExit(f"error: {err}") from None
+
+    app.run(guarded, flags_parser=absl_flags_parser)

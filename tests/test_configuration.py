@@ -1,0 +1,85 @@
+"""Configs: every field overridable by flag; unknown keys and bad values fail naming the key."""
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+
+from memagent_jax import configuration
+from memagent_jax.model.config import get_preset
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+QUICKSTART = str(REPO / "configs" / "quickstart.py")
+
+
+def _parse(*overrides):
+    argv = ["prog", f"--config={QUICKSTART}", *overrides]
+    flag_values = flags.FlagValues()
+    holder = configuration.define_config_flag(flag_values=flag_values, sys_argv=argv)
+    configuration.parse_flags(argv, flag_values=flag_values)
+    return holder.value
+
+
+def test_quickstart_builds_the_tiny_preset():
+    config = _parse()
+    assert configuration.build_model_config(config.model) == get_preset("tiny")
+    assert configuration.mesh_shape(config.mesh) == {"data": 1, "fsdp": -1, "tensor": 1}
+    assert dict(configuration.build_rules(config.sharding))["embed"] == "fsdp"
+
+
+def test_any_field_overrides_from_the_command_line():
+    config = _parse("--config.model.num_layers=2", "--config.model.dtype=bfloat16", "--config.mesh.tensor=2",
+                    "--config.sharding.rules=(('embed', None), ('batch', 'data'))",
+                    "--config.generate.prompt=hello world")
+    model = configuration.build_model_config(config.model)
+    assert (model.num_layers, model.dtype) == (2, "bfloat16")
+    assert config.mesh.tensor == 2 and config.generate.prompt == "hello world"
+    assert configuration.build_rules(config.sharding) == (("embed", None), ("batch", "data"))
+
+
+def test_unknown_key_names_the_key():
+    with pytest.raises(configuration.ConfigError, match="unknown config key 'model.num_layerz'.*num_layers"):
+        _parse("--config.model.num_layerz=4")
+    with pytest.raises(configuration.ConfigError, match="unknown config key 'modle.num_layers'"):
+        _parse("--config.modle.num_layers=4")
+
+
+def test_wrong_type_names_the_key():
+    with pytest.raises(configuration.ConfigError, match="config.model.num_layers=four"):
+        _parse("--config.model.num_layers=four")
+    with pytest.raises(configuration.ConfigError, match="config.model.qkv_bias"):
+        _parse("--config.model.qkv_bias=maybe")
+
+
+def test_semantic_errors_name_the_field():
+    config = _parse("--config.model.num_heads=3")
+    with pytest.raises(configuration.ConfigError, match="config.model: .*num_heads=3"):
+        configuration.build_model_config(config.model)
+    config = _parse("--config.sharding.rules=(('embed', 'model'),)")
+    with pytest.raises(configuration.ConfigError, match="config.sharding.rules: .*'model'"):
+        configuration.build_rules(config.sharding)
+
+
+def test_rope_scaling_section_round_trips():
+    section = configuration.model_section("llama3-8b", dtype="float32", param_dtype="float32")
+    assert configuration.build_model_config(section) == get_preset("llama3-8b", dtype="float32",
+                                                                   param_dtype="float32")
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "memagent_jax.generate", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_demo_command_runs_and_rejects_bad_flags(tmp_path):
+    done = _run(f"--config={QUICKSTART}", f"--config.workdir={tmp_path}", "--config.generate.max_new_tokens=4",
+                "--config.model.num_layers=1", "--config.tokenizer.corpus_lines=600")
+    assert done.returncode == 0, done.stderr
+    assert "completion (4 tokens)" in done.stdout or "completion (" in done.stdout
+    assert (tmp_path / "tokenizer" / "tokenizer.model").is_file()
+    bad = _run(f"--config={QUICKSTART}", "--config.model.hidden_sise=8")
+    assert bad.returncode != 0 and "unknown config key 'model.hidden_sise'" in bad.stderr
+    bad = _run(f"--config={QUICKSTART}", f"--config.workdir={tmp_path}", "--config.model.num_kv_heads=3")
+    assert bad.returncode != 0 and "num_kv_heads=3" in bad.stderr.splitlines()[-1]
