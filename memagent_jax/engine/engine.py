@@ -1,0 +1,353 @@
+"""Continuous batching over a paged KV cache.
+
+Requests wait in a queue; a request is admitted when a decode slot is free and its prompt's pages can be
+allocated (full pages equal to an earlier prompt's are shared, not recomputed). Admitted prompts are
+prefilled in chunks, several sequences per call; then each sequence decodes in its slot until it stops,
+and its slot and pages go to the next request at once. When pages run out mid-decode the newest sequence
+is preempted (its pages released) and later recomputed from its prompt plus what it already generated.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from typing import Hashable, Iterable, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+
+from memagent_jax.engine.kv_cache import NULL_PAGE, KVCache, PagePool, init_kv_cache
+from memagent_jax.engine.requests import Completion, EngineConfig, Request
+from memagent_jax.engine.sampling import pack_slot_sampling
+from memagent_jax.engine.steps import DecodeBatch, PrefillBatch, make_decode_fn, make_prefill_fn
+from memagent_jax.model.transformer import Transformer
+
+
+@dataclasses.dataclass
+class _Sequence:
+    request: Request
+    tokens: list[int]  # prompt + generated so far
+    prompt_len: int
+    slot: int
+    pages: list[int] = dataclasses.field(default_factory=list)
+    shared_pages: int = 0  # leading pages reused from the prefix index (must be ready before prefill)
+    computed: int = 0  # tokens whose KV is in the cache
+    generated: list[int] = dataclasses.field(default_factory=list)
+    logprobs: list[float] = dataclasses.field(default_factory=list)
+    cached_prompt_tokens: int = 0
+    preemptions: int = 0
+    admitted_at: int = 0
+
+    @property
+    def in_prefill(self) -> bool:
+        return self.computed < len(self.tokens) - (1 if self.generated_in_slot else 0)
+
+    # After prefill the newest token (sampled, not yet computed) is the one decode feeds in.
+    generated_in_slot: bool = False
+
+
+def _next_power_of_two(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+@dataclasses.dataclass
+class EngineStats:
+    compilations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    prefill_tokens: int = 0  # prompt tokens computed
+    cached_tokens: int = 0  # prompt tokens reused from shared pages
+    decode_tokens: int = 0
+    preemptions: int = 0
+    prefill_calls: int = 0
+    decode_calls: int = 0
+
+
+class Engine:
+    """Generates completions for token-id requests with a model on a paged KV cache."""
+
+    def __init__(self, model: Transformer, config: EngineConfig = EngineConfig()):
+        self.config = config
+        self.model_config = model.cfg
+        if config.max_seq_len > model.cfg.max_position_embeddings:
+            raise ValueError(f"max_seq_len={config.max_seq_len} exceeds the model's "
+                             f"max_position_embeddings={model.cfg.max_position_embeddings}")
+        self._graphdef, self._state = nnx.split(model)
+        self.pool = PagePool(config.num_pages, config.page_size)
+        self.cache: KVCache = init_kv_cache(model.cfg, config.num_pages, config.page_size)
+        self.stats = EngineStats()
+        self._prefill = make_prefill_fn(self._graphdef, self._count_trace)
+        self._decode = make_decode_fn(self._graphdef, config.decode_steps, config.attention_backend,
+                                      self._count_trace)
+        self._waiting: collections.deque[_Sequence | Request] = collections.deque()
+        self._running: dict[int, _Sequence] = {}  # slot -> sequence
+        self._free_slots = list(range(config.max_slots))
+        self._finished: list[Completion] = []
+        self._admissions = 0
+
+    def _count_trace(self, name: str) -> None:
+        self.stats.compilations[name] += 1  # runs at trace time only: one count per compilation
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def update_weights(self, state: nnx.State) -> None:
+        """New parameters (e.g. after a training step) for the next calls; same structure and shapes."""
+        self._state = state
+
+    def submit(self, request: Request) -> None:
+        """Queues a request; an invalid one completes at once with finish_reason "error"."""
+        error = self._validate(request)
+        if error is not None:
+            self._finished.append(Completion(request.request_id, [], [], "error",
+                                             prompt_len=len(request.prompt), error=error))
+            return
+        self._waiting.append(request)
+
+    def has_work(self) -> bool:
+        return bool(self._waiting or self._running or self._finished)
+
+    def step(self) -> list[Completion]:
+        """One scheduling round: admit, prefill one chunk per prefilling sequence, decode one block."""
+        self._admit()
+        self._run_prefill()
+        self._run_decode()
+        done, self._finished = self._finished, []
+        return done
+
+    def generate(self, requests: Iterable[Request]) -> list[Completion]:
+        """Runs requests to completion; returns completions in request order."""
+        requests = list(requests)
+        ids = [r.request_id for r in requests]
+        if len(set(ids)) != len(ids):
+            raise ValueError("request ids must be unique")
+        for request in requests:
+            self.submit(request)
+        results: dict[Hashable, Completion] = {}
+        while len(results) < len(requests):
+            if not self.has_work():
+                raise RuntimeError("engine stalled with unfinished requests")
+            for completion in self.step():
+                results[completion.request_id] = completion
+        return [results[i] for i in ids]
+
+    # -- validation -------------------------------------------------------------------------------
+
+    def _validate(self, request: Request) -> str | None:
+        cfg = self.config
+        prompt = request.prompt
+        if len(prompt) == 0:
+            return "empty prompt"
+        if len(prompt) > cfg.max_prompt_len:
+            return f"prompt of {len(prompt)} tokens exceeds max_prompt_len={cfg.max_prompt_len}"
+        if len(prompt) >= cfg.max_seq_len:
+            return f"prompt of {len(prompt)} tokens leaves no room to generate (max_seq_len={cfg.max_seq_len})"
+        vocab = self.model_config.vocab_size
+        bad = [t for t in prompt if not 0 <= int(t) < vocab]
+        if bad:
+            return f"prompt token ids out of range [0, {vocab}): {bad[:5]}"
+        try:
+            request.params.validate(vocab)
+        except ValueError as err:
+            return str(err)
+        if len(request.params.stop_ids) > cfg.max_stop_ids:
+            return f"{len(request.params.stop_ids)} stop ids exceed max_stop_ids={cfg.max_stop_ids}"
+        need = -(-(len(prompt) + 1) // cfg.page_size)
+        if need > cfg.num_pages - 1:
+            return f"prompt needs {need} pages but the cache has {cfg.num_pages - 1}"
+        return None
+
+    # -- admission --------------------------------------------------------------------------------
+
+    def _admit(self) -> None:
+        while self._waiting and self._free_slots:
+            item = self._waiting[0]
+            seq = item if isinstance(item, _Sequence) else _Sequence(item, list(item.prompt), len(item.prompt), -1)
+            if not self._allocate_prompt(seq):
+                return  # first in line waits for pages; keep order (no overtaking)
+            self._waiting.popleft()
+            seq.slot = self._free_slots.pop(0)
+            seq.admitted_at = self._admissions
+            self._admissions += 1
+            self._running[seq.slot] = seq
+
+    def _allocate_prompt(self, seq: _Sequence) -> bool:
+        size = self.config.page_size
+        tokens = seq.tokens
+        shared: list[int] = []
+        parents: list[int] = []
+        if self.config.prefix_caching:
+            # At least the last token is computed, so its logits exist to sample from.
+            shared, parents = self.pool.match_prefix(tokens, len(tokens) - 1)
+        # Pages for the prompt plus the first generated token's position.
+        total = -(-(len(tokens) + 1) // size)
+        # Retain the matched pages first: allocating may otherwise evict one of them.
+        self.pool.retain(shared)
+        fresh = self.pool.allocate(total - len(shared)) if total > len(shared) else []
+        if fresh is None:
+            self.pool.release(shared)
+            return False
+        seq.pages = shared + fresh
+        seq.shared_pages = len(shared)
+        seq.computed = len(shared) * size
+        seq.generated_in_slot = False
+        reused = len(shared) * size
+        seq.cached_prompt_tokens += reused if not seq.generated else 0
+        self.stats.cached_tokens += reused
+        if self.config.prefix_caching:
+            parent = parents[-1] if parents else 0
+            for index in range(len(shared), len(tokens) // size):
+                parent = self.pool.register(seq.pages[index], parent, tokens[index * size:(index + 1) * size])
+        return True
+
+    # -- prefill ----------------------------------------------------------------------------------
+
+    def _page_table(self, seqs: Sequence[_Sequence | None], rows: int) -> np.ndarray:
+        table = np.full((rows, self.config.max_pages_per_seq), NULL_PAGE, np.int32)
+        for row, seq in enumerate(seqs):
+            if seq is not None:
+                table[row, : len(seq.pages)] = seq.pages
+        return table
+
+    def _run_prefill(self) -> None:
+        cfg = self.config
+        ready = [
+            s for s in sorted(self._running.values(), key=lambda s: s.admitted_at)
+            if s.in_prefill and all(self.pool.is_ready(p) for p in s.pages[: s.shared_pages])
+        ]
+        while ready:
+            group, ready = ready[: cfg.prefill_batch], ready[cfg.prefill_batch:]
+            self._prefill_group(group)
+
+    def _prefill_group(self, group: list[_Sequence]) -> None:
+        cfg = self.config
+        pieces = [(s, s.computed, min(len(s.tokens), s.computed + cfg.prefill_chunk)) for s in group]
+        width = min(cfg.prefill_chunk, max(cfg.page_size, _next_power_of_two(max(e - b for _, b, e in pieces))))
+        rows = min(cfg.prefill_batch, _next_power_of_two(len(group)))
+        tokens = np.zeros((rows, width), np.int32)
+        positions = np.zeros((rows, width), np.int32)
+        valid = np.zeros((rows, width), bool)
+        last = np.zeros(rows, np.int32)
+        step = np.zeros(rows, np.int32)
+        for row, (seq, begin, end) in enumerate(pieces):
+            n = end - begin
+            tokens[row, :n] = seq.tokens[begin:end]
+            positions[row, :n] = np.arange(begin, end)
+            valid[row, :n] = True
+            last[row] = n - 1
+            step[row] = len(seq.generated)
+        params = [s.request.params for s, _, _ in pieces] + [None] * (rows - len(pieces))
+        batch = PrefillBatch(tokens, positions, valid, self._page_table([p[0] for p in pieces], rows), last,
+                             pack_slot_sampling(params, rows), step)
+        sampled, logprobs, self.cache = self._prefill(self._state, self.cache, batch)
+        self.stats.prefill_calls += 1
+        sampled, logprobs = np.asarray(sampled), np.asarray(logprobs)
+        for row, (seq, begin, end) in enumerate(pieces):
+            seq.computed = end
+            self.stats.prefill_tokens += end - begin
+            self.pool.mark_ready(seq.pages[: end // cfg.page_size])
+            if end == len(seq.tokens):
+                self._append(seq, int(sampled[row]), float(logprobs[row]))
+
+    # -- decode -----------------------------------------------------------------------------------
+
+    def _append(self, seq: _Sequence, token: int, logprob: float) -> None:
+        """Records a generated token; finishes the sequence when it stops or reaches its limit."""
+        seq.generated.append(token)
+        seq.logprobs.append(logprob)
+        seq.tokens.append(token)
+        seq.generated_in_slot = True
+        params = seq.request.params
+        if token in params.stop_ids:
+            self._finish(seq, "stop")
+        elif len(seq.generated) >= params.max_new_tokens or len(seq.tokens) >= self.config.max_seq_len:
+            self._finish(seq, "length")
+
+    def _finish(self, seq: _Sequence, reason: str) -> None:
+        self.pool.release(seq.pages)
+        seq.pages = []
+        del self._running[seq.slot]
+        self._free_slots.append(seq.slot)
+        self._free_slots.sort()
+        self._finished.append(Completion(
+            seq.request.request_id, seq.generated, seq.logprobs, reason, prompt_len=seq.prompt_len,
+            cached_prompt_tokens=seq.cached_prompt_tokens, preemptions=seq.preemptions,
+        ))
+
+    def _budget(self, seq: _Sequence) -> int:
+        left = seq.request.params.max_new_tokens - len(seq.generated)
+        room = self.config.max_seq_len - len(seq.tokens)
+        return max(0, min(self.config.decode_steps, left, room))
+
+    def _reserve_decode_pages(self, decoding: list[_Sequence]) -> list[_Sequence]:
+        """Makes sure every decoding sequence has pages for the positions this block writes; preempts
+        the newest sequences when pages run out. Returns the sequences that stay."""
+        size = self.config.page_size
+        keep = sorted(decoding, key=lambda s: s.admitted_at)
+        index = 0
+        while index < len(keep):
+            seq = keep[index]
+            last_position = len(seq.tokens) - 1 + self._budget(seq) - 1
+            need = last_position // size + 1 - len(seq.pages)
+            if need <= 0:
+                index += 1
+                continue
+            pages = self.pool.allocate(need)
+            if pages is not None:
+                seq.pages.extend(pages)
+                index += 1
+                continue
+            victim = keep.pop()  # the newest decoding sequence gives its pages back
+            self._preempt(victim)
+        return keep
+
+    def _preempt(self, seq: _Sequence) -> None:
+        self.pool.release(seq.pages)
+        seq.pages = []
+        seq.computed = 0
+        seq.preemptions += 1
+        self.stats.preemptions += 1
+        del self._running[seq.slot]
+        self._free_slots.append(seq.slot)
+        self._free_slots.sort()
+        self._waiting.appendleft(seq)  # recomputed first when pages free up
+
+    def _run_decode(self) -> None:
+        cfg = self.config
+        decoding = [s for s in self._running.values() if not s.in_prefill]
+        if not decoding:
+            return
+        decoding = self._reserve_decode_pages(decoding)
+        if not decoding:
+            return
+        slots = cfg.max_slots
+        by_slot: list[_Sequence | None] = [None] * slots
+        for seq in decoding:
+            by_slot[seq.slot] = seq
+        tokens = np.zeros(slots, np.int32)
+        positions = np.zeros(slots, np.int32)
+        active = np.zeros(slots, bool)
+        budget = np.zeros(slots, np.int32)
+        stop_ids = np.full((slots, cfg.max_stop_ids), -1, np.int32)
+        step = np.zeros(slots, np.int32)
+        for seq in decoding:
+            s = seq.slot
+            tokens[s] = seq.tokens[-1]
+            positions[s] = len(seq.tokens) - 1
+            active[s] = True
+            budget[s] = self._budget(seq)
+            stops = seq.request.params.stop_ids
+            stop_ids[s, : len(stops)] = stops
+            step[s] = len(seq.generated)
+        params = [s.request.params if s is not None else None for s in by_slot]
+        batch = DecodeBatch(tokens, positions, active, budget, self._page_table(by_slot, slots), stop_ids,
+                            pack_slot_sampling(params, slots), step)
+        out, self.cache = self._decode(self._state, self.cache, batch)
+        self.stats.decode_calls += 1
+        out_tokens, out_logprobs, emitted = (np.asarray(a) for a in out)
+        for seq in decoding:
+            s = seq.slot
+            for k in range(cfg.decode_steps):
+                if not emitted[k, s] or seq.slot not in self._running or self._running[seq.slot] is not seq:
+                    break
+                seq.computed += 1  # the token fed at this step is now in the cache
+                self.stats.decode_tokens += 1
+                self._append(seq, int(out_tokens[k, s]), float(out_logprobs[k, s]))

@@ -1,0 +1,69 @@
+"""The decoder's forward pass over a paged KV cache (prefill chunks and decode steps).
+
+It reuses the model's own modules (norms, projections, MLP, LM head) and replaces only attention: each
+token's key and value are written into its sequence's page, then queries attend over the pages.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from memagent_jax.engine import attention
+from memagent_jax.engine.kv_cache import NULL_PAGE, KVCache
+from memagent_jax.model.transformer import Transformer
+
+
+def write_slots(
+    positions: jax.Array, valid: jax.Array, page_table: jax.Array, page_size: int
+) -> tuple[jax.Array, jax.Array]:
+    """(page, offset) of each token [B, C]; invalid tokens write to the reserved null page."""
+    page_index = jnp.clip(positions // page_size, 0, page_table.shape[1] - 1)
+    pages = jnp.take_along_axis(page_table, page_index, axis=1)
+    return jnp.where(valid, pages, NULL_PAGE), jnp.where(valid, positions % page_size, 0)
+
+
+def _write_kv(cache: KVCache, layer: int, k: jax.Array, v: jax.Array, pages: jax.Array, offsets: jax.Array) -> KVCache:
+    # k, v [B, C, KV, hd] -> pages [layers, KV, P, page_size, hd]. The scalar layer and the two index
+    # arrays are advanced indices separated by a slice, so the indexed view is [B, C, KV, hd] (NumPy rules).
+    return KVCache(
+        cache.k.at[layer, :, pages, offsets].set(k.astype(cache.k.dtype), mode="drop"),
+        cache.v.at[layer, :, pages, offsets].set(v.astype(cache.v.dtype), mode="drop"),
+    )
+
+
+def paged_forward(
+    model: Transformer,
+    cache: KVCache,
+    tokens: jax.Array,
+    positions: jax.Array,
+    valid: jax.Array,
+    page_table: jax.Array,
+    *,
+    decode_backend: str = "auto",
+) -> tuple[jax.Array, KVCache]:
+    """Runs tokens [B, C] at absolute positions [B, C] (valid [B, C] marks real tokens).
+
+    Keys/values of earlier positions must already be in the pages named by page_table [B, max_pages].
+    Returns the final hidden states [B, C, D] (before the final norm) and the updated cache.
+    C == 1 is a decode step and uses the paged decode kernel; longer chunks use prefill attention.
+    """
+    page_size = cache.k.shape[3]
+    pages, offsets = write_slots(positions, valid, page_table, page_size)
+    x = model.embed(tokens)
+    for index, layer in enumerate(model.layers):
+        attn = layer.self_attn
+        q, k, v = attn.project_qkv(layer.input_layernorm(x), positions)
+        cache = _write_kv(cache, index, k, v, pages, offsets)
+        if tokens.shape[1] == 1:
+            lengths = jnp.where(valid[:, 0], positions[:, 0] + 1, 0)
+            out = attention.paged_decode_attention(
+                q[:, 0], cache.k[index], cache.v[index], page_table, lengths, backend=decode_backend
+            )[:, None]
+        else:
+            out = attention.paged_prefill_attention_reference(
+                q, cache.k[index], cache.v[index], page_table, positions, valid
+            )
+        x = x + attn.project_out(out.astype(x.dtype))
+        x = x + layer.mlp(layer.post_attention_layernorm(x))
+    return x, cache

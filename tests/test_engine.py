@@ -1,0 +1,156 @@
+"""The engine against full-recompute greedy decoding, plus scheduling, sharing, preemption and errors."""
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from memagent_jax.engine.engine import Engine
+from memagent_jax.engine.requests import EngineConfig, Request
+from memagent_jax.engine.sampling import SamplingParams
+from memagent_jax.model.config import ModelConfig
+from memagent_jax.model.greedy import greedy_generate
+from memagent_jax.model.transformer import Transformer
+
+CFG = ModelConfig(family="qwen2", vocab_size=64, hidden_size=32, intermediate_size=64, num_layers=2,
+                  num_heads=4, num_kv_heads=2, head_dim=16, qkv_bias=True, tie_word_embeddings=True,
+                  rope_theta=10000.0, max_position_embeddings=512, initializer_range=0.4)
+SMALL_ENGINE = EngineConfig(page_size=8, num_pages=64, max_slots=4, max_seq_len=128, max_prompt_len=96,
+                            prefill_chunk=32, prefill_batch=4, decode_steps=4)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Transformer(CFG, rngs=nnx.Rngs(7))
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    # One engine for the module: its compilations are shared and counted across tests.
+    return Engine(model, SMALL_ENGINE)
+
+
+def _prompts(seed, lengths):
+    rng = np.random.default_rng(seed)
+    return [list(map(int, rng.integers(1, CFG.vocab_size, n))) for n in lengths]
+
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=12)
+
+
+def test_greedy_equals_full_recompute_mixed_lengths(engine, model):
+    # Lengths cross page (8) and prefill-chunk (32) boundaries; more requests than slots.
+    prompts = _prompts(0, [1, 7, 8, 9, 31, 33, 70])
+    got = engine.generate([Request(i, p, GREEDY) for i, p in enumerate(prompts)])
+    want = greedy_generate(model, prompts, GREEDY.max_new_tokens)
+    for completion, expected in zip(got, want):
+        assert completion.finish_reason == "length"
+        assert completion.tokens == expected
+
+
+def test_shared_prefixes_reuse_pages_and_match(engine, model):
+    head = _prompts(1, [40])[0]
+    tails = _prompts(2, [3, 11, 0, 17])
+    prompts = [head + t for t in tails] + [head]
+    before = engine.stats.cached_tokens
+    got = engine.generate([Request(f"s{i}", p, GREEDY) for i, p in enumerate(prompts)])
+    # The first prompt computes the 5 full head pages; the others reuse them, except that a prompt equal
+    # to the head recomputes its last page (its last token must run to give logits).
+    assert engine.stats.cached_tokens - before == 40 + 32 + 40 + 32
+    assert any(c.cached_prompt_tokens > 0 for c in got)
+    for completion, expected in zip(got, greedy_generate(model, prompts, GREEDY.max_new_tokens)):
+        assert completion.tokens == expected
+
+
+def test_group_of_rollouts_prefills_the_prompt_once(engine):
+    prompt = _prompts(3, [64])[0]
+    params = [SamplingParams(temperature=1.0, max_new_tokens=6, seed=s) for s in range(8)]
+    before = engine.stats.prefill_tokens
+    got = engine.generate([Request(("g", s), prompt, p) for s, p in enumerate(params)])
+    computed = engine.stats.prefill_tokens - before
+    # One full prefill, then at most one page (the last token's) per other rollout.
+    assert computed <= 64 + 7 * SMALL_ENGINE.page_size
+    assert len({tuple(c.tokens) for c in got}) > 1  # different seeds, different samples
+
+
+def test_seed_gives_same_tokens_whatever_the_batch(engine):
+    prompt = _prompts(4, [20])[0]
+    params = SamplingParams(temperature=1.0, top_k=20, max_new_tokens=10, seed=1234)
+    alone = engine.generate([Request("alone", prompt, params)])[0]
+    crowd = [Request(f"x{i}", p, SamplingParams(temperature=1.0, max_new_tokens=15, seed=i))
+             for i, p in enumerate(_prompts(5, [5, 50, 13]))]
+    crowd.insert(2, Request("mixed", prompt, params))
+    mixed = {c.request_id: c for c in engine.generate(crowd)}["mixed"]
+    assert mixed.tokens == alone.tokens
+    np.testing.assert_allclose(mixed.logprobs, alone.logprobs, atol=1e-5)
+
+
+def test_logprobs_match_the_model(engine, model):
+    prompt = _prompts(6, [10])[0]
+    completion = engine.generate([Request("lp", prompt, SamplingParams(temperature=0.7, max_new_tokens=5, seed=3))])[0]
+    tokens = np.asarray([prompt + completion.tokens])
+    logits = np.asarray(model(tokens))[0] / 0.7
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    expected = [logp[len(prompt) - 1 + i, t] for i, t in enumerate(completion.tokens)]
+    np.testing.assert_allclose(completion.logprobs, expected, atol=1e-4)
+
+
+def test_stop_ids_end_a_request_and_include_the_stop_token(engine, model):
+    prompt = _prompts(7, [9])[0]
+    free = greedy_generate(model, [prompt], 12)[0]
+    stop = free[3]
+    completion = engine.generate([Request("stop", prompt, SamplingParams(temperature=0.0, max_new_tokens=12,
+                                                                          stop_ids=(stop,)))])[0]
+    assert completion.finish_reason == "stop"
+    assert completion.tokens == free[: free.index(stop) + 1]
+
+
+def test_bad_requests_fail_alone(engine, model):
+    good = _prompts(8, [12])[0]
+    requests = [
+        Request("empty", [], GREEDY),
+        Request("long", [1] * 97, GREEDY),
+        Request("good", good, GREEDY),
+        Request("temp", good, SamplingParams(temperature=-1.0)),
+        Request("vocab", [1, 2, CFG.vocab_size], GREEDY),
+    ]
+    got = {c.request_id: c for c in engine.generate(requests)}
+    assert got["good"].ok and got["good"].tokens == greedy_generate(model, [good], 12)[0]
+    assert "empty prompt" in got["empty"].error
+    assert "exceeds max_prompt_len=96" in got["long"].error
+    assert "temperature" in got["temp"].error
+    assert "out of range" in got["vocab"].error
+    assert all(not got[k].ok for k in ("empty", "long", "temp", "vocab"))
+
+
+def test_no_recompilation_for_new_request_shapes(engine):
+    # By now the module's tests have exercised every prefill bucket that these lengths need.
+    engine.generate([Request(f"warm{n}", p, GREEDY) for n, p in enumerate(_prompts(9, [3, 30, 60, 90]))])
+    compiled = dict(engine.stats.compilations)
+    engine.generate([Request(f"new{n}", p, SamplingParams(temperature=0.9, top_p=0.8, max_new_tokens=7, seed=n))
+                     for n, p in enumerate(_prompts(10, [2, 5, 17, 29, 41, 77, 95, 64]))])
+    assert dict(engine.stats.compilations) == compiled
+    assert compiled["decode(4,)x4"] == 1
+    assert all(count == 1 for count in compiled.values())
+
+
+def test_pages_run_out_then_requests_wait_or_are_preempted(model):
+    # 12 usable pages of 8 tokens for 4 slots of up to 40 tokens each: cannot all fit at once.
+    tight = EngineConfig(page_size=8, num_pages=13, max_slots=4, max_seq_len=64, max_prompt_len=40,
+                         prefill_chunk=16, prefill_batch=2, decode_steps=4, prefix_caching=False)
+    engine = Engine(model, tight)
+    prompts = _prompts(11, [20, 15, 18, 22, 9])
+    params = SamplingParams(temperature=0.0, max_new_tokens=20)
+    got = engine.generate([Request(i, p, params) for i, p in enumerate(prompts)])
+    assert engine.stats.preemptions > 0
+    for completion, expected in zip(got, greedy_generate(model, prompts, 20)):
+        assert completion.tokens == expected
+    engine.pool.check_invariants()
+    assert engine.pool.num_available == tight.num_pages - 1  # everything released
+
+
+def test_max_seq_len_limits_generation(model):
+    engine = Engine(model, EngineConfig(page_size=8, num_pages=32, max_slots=2, max_seq_len=24,
+                                        max_prompt_len=20, prefill_chunk=16, prefill_batch=2, decode_steps=4))
+    completion = engine.generate([Request(0, _prompts(12, [20])[0], SamplingParams(temperature=0.0,
+                                                                                  max_new_tokens=50))])[0]
+    assert completion.finish_reason == "length" and len(completion.tokens) == 4
