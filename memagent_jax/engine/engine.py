@@ -51,6 +51,18 @@ def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+def _table_width(pages: int, limit: int) -> int:
+    """Page-table columns for a call: the smallest of 2^k or 3 * 2^(k-1) that holds `pages`.
+
+    Attention reads every column, so a tight width saves work, while the two bucket shapes per octave keep
+    the number of compiled variants logarithmic in the longest sequence.
+    """
+    width = max(4, _next_power_of_two(pages))
+    if width >= 8 and pages <= width * 3 // 4:
+        width = width * 3 // 4
+    return min(width, limit)
+
+
 @dataclasses.dataclass
 class EngineStats:
     compilations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
@@ -200,11 +212,14 @@ class Engine:
 
     # -- prefill ----------------------------------------------------------------------------------
 
-    def _page_table(self, seqs: Sequence[_Sequence | None], rows: int) -> np.ndarray:
-        table = np.full((rows, self.config.max_pages_per_seq), NULL_PAGE, np.int32)
+    def _page_table(self, seqs: Sequence[_Sequence | None], rows: int, needed_pages: int) -> np.ndarray:
+        """[rows, width] page ids; only the first `needed_pages` of each sequence are ever read."""
+        width = _table_width(needed_pages, self.config.max_pages_per_seq)
+        table = np.full((rows, width), NULL_PAGE, np.int32)
         for row, seq in enumerate(seqs):
             if seq is not None:
-                table[row, : len(seq.pages)] = seq.pages
+                used = seq.pages[:width]
+                table[row, : len(used)] = used
         return table
 
     def _run_prefill(self) -> None:
@@ -235,8 +250,9 @@ class Engine:
             last[row] = n - 1
             step[row] = len(seq.generated)
         params = [s.request.params for s, _, _ in pieces] + [None] * (rows - len(pieces))
-        batch = PrefillBatch(tokens, positions, valid, self._page_table([p[0] for p in pieces], rows), last,
-                             pack_slot_sampling(params, rows), step)
+        needed = -(-max(end for _, _, end in pieces) // cfg.page_size)
+        table = self._page_table([p[0] for p in pieces], rows, needed)
+        batch = PrefillBatch(tokens, positions, valid, table, last, pack_slot_sampling(params, rows), step)
         sampled, logprobs, self.cache = self._prefill(self._state, self.cache, batch)
         self.stats.prefill_calls += 1
         sampled, logprobs = np.asarray(sampled), np.asarray(logprobs)
@@ -338,8 +354,10 @@ class Engine:
             stop_ids[s, : len(stops)] = stops
             step[s] = len(seq.generated)
         params = [s.request.params if s is not None else None for s in by_slot]
-        batch = DecodeBatch(tokens, positions, active, budget, self._page_table(by_slot, slots), stop_ids,
-                            pack_slot_sampling(params, slots), step)
+        needed = max(-(-int(positions[s.slot] + budget[s.slot]) // cfg.page_size) for s in decoding)
+        table = self._page_table(by_slot, slots, needed)
+        batch = DecodeBatch(tokens, positions, active, budget, table, stop_ids, pack_slot_sampling(params, slots),
+                            step)
         out, self.cache = self._decode(self._state, self.cache, batch)
         self.stats.decode_calls += 1
         out_tokens, out_logprobs, emitted = (np.asarray(a) for a in out)

@@ -51,7 +51,7 @@ def make_prefill_fn(graphdef: nnx.GraphDef, on_trace: Callable[[str], None]) -> 
 
     @functools.partial(jax.jit, donate_argnums=(1,))
     def prefill(state: nnx.State, cache: KVCache, batch: PrefillBatch):
-        on_trace(f"prefill{tuple(batch.tokens.shape)}")
+        on_trace(f"prefill{tuple(batch.tokens.shape)}/pages{batch.page_table.shape[1]}")
         model = nnx.merge(graphdef, state)
         hidden, cache = paged_forward(model, cache, batch.tokens, batch.positions, batch.valid, batch.page_table)
         last = jnp.take_along_axis(hidden, batch.last_index[:, None, None], axis=1)  # [B, 1, D]
@@ -70,7 +70,7 @@ def make_decode_fn(
 
     @functools.partial(jax.jit, donate_argnums=(1,))
     def decode(state: nnx.State, cache: KVCache, batch: DecodeBatch):
-        on_trace(f"decode{tuple(batch.tokens.shape)}x{num_steps}")
+        on_trace(f"decode{tuple(batch.tokens.shape)}x{num_steps}/pages{batch.page_table.shape[1]}")
         model = nnx.merge(graphdef, state)
         slots = batch.tokens.shape[0]
 

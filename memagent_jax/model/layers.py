@@ -14,19 +14,37 @@ from memagent_jax.model.config import ModelConfig, RopeScaling
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
 
 
+class KeySequence:
+    """Per-parameter keys fold_in(base, 0), fold_in(base, 1), ... from one base key.
+
+    The model's modules draw from this instead of nnx.Rngs: under tracing (eval_shape, a sharded jit init)
+    each nnx.Rngs draw costs time proportional to the trace so far, which made building a deep model
+    quadratic in its depth (2.9 s for 48 layers).
+    """
+
+    def __init__(self, base: jax.Array):
+        self._base = base
+        self._count = 0
+
+    def params(self) -> jax.Array:
+        key = jax.random.fold_in(self._base, self._count)
+        self._count += 1
+        return key
+
+
 def logical_param(
-    rngs: nnx.Rngs, init: Initializer, shape: tuple[int, ...], dtype: jnp.dtype, axes: tuple[str | None, ...]
+    keys: KeySequence, init: Initializer, shape: tuple[int, ...], dtype: jnp.dtype, axes: tuple[str | None, ...]
 ) -> nnx.Param:
     """A parameter tagged with logical axis names; sharding.py maps those names to mesh axes."""
     if len(axes) != len(shape):
         raise ValueError(f"logical axes {axes} do not match shape {shape}")
-    return nnx.Param(init(rngs.params(), shape, dtype), logical_axes=axes)
+    return nnx.Param(init(keys.params(), shape, dtype), logical_axes=axes)
 
 
 class RMSNorm(nnx.Module):
     """Root-mean-square norm computed in float32 (as HF Qwen2/Llama do), scaled by a learned weight."""
 
-    def __init__(self, size: int, eps: float, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, size: int, eps: float, cfg: ModelConfig, *, rngs: KeySequence):
         self.eps = eps
         self.dtype = cfg.compute_dtype
         self.weight = logical_param(rngs, jax.nn.initializers.ones, (size,), cfg.weight_dtype, ("norm",))

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from memagent_jax.model.config import ModelConfig
-from memagent_jax.model.layers import RMSNorm, apply_rope, logical_param, rope_inverse_frequencies
+from memagent_jax.model.layers import KeySequence, RMSNorm, apply_rope, logical_param, rope_inverse_frequencies
 
 # Finite rather than -inf so that fully masked rows (padding queries) give a harmless uniform softmax.
 _MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
@@ -44,7 +44,7 @@ def _normal(cfg: ModelConfig) -> nnx.Initializer:
 class Attention(nnx.Module):
     """Grouped-query attention with rotary positions and optional q/k/v bias (Qwen2)."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: KeySequence):
         self.cfg = cfg
         d, h, kv, hd, wd = cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.weight_dtype
         self.q_proj = logical_param(rngs, _normal(cfg), (d, h, hd), wd, ("embed", "heads", "head_dim"))
@@ -98,7 +98,7 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -
 class MLP(nnx.Module):
     """SwiGLU feed-forward: down(silu(gate(x)) * up(x))."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: KeySequence):
         self.dtype = cfg.compute_dtype
         d, f, wd = cfg.hidden_size, cfg.intermediate_size, cfg.weight_dtype
         self.gate_proj = logical_param(rngs, _normal(cfg), (d, f), wd, ("embed", "mlp"))
@@ -114,7 +114,7 @@ class MLP(nnx.Module):
 class DecoderLayer(nnx.Module):
     """Pre-norm residual block: attention then MLP."""
 
-    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, *, rngs: KeySequence):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg, rngs=rngs)
         self.self_attn = Attention(cfg, rngs=rngs)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, cfg, rngs=rngs)
@@ -131,6 +131,7 @@ class Transformer(nnx.Module):
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
         d, wd = cfg.hidden_size, cfg.weight_dtype
+        rngs = KeySequence(rngs.params())  # one nnx.Rngs draw for the whole model (see KeySequence)
         self.embed_tokens = logical_param(rngs, _normal(cfg), (cfg.vocab_size, d), wd, ("vocab", "embed"))
         self.layers = nnx.List([DecoderLayer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(d, cfg.rms_norm_eps, cfg, rngs=rngs)
