@@ -83,3 +83,54 @@ def test_demo_command_runs_and_rejects_bad_flags(tmp_path):
     assert bad.returncode != 0 and "unknown config key 'model.hidden_sise'" in bad.stderr
     bad = _run(f"--config={QUICKSTART}", f"--config.workdir={tmp_path}", "--config.model.num_kv_heads=3")
     assert bad.returncode != 0 and "num_kv_heads=3" in bad.stderr.splitlines()[-1]
+
+
+CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"
+          "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def _hf_checkpoint_folder(folder: pathlib.Path) -> None:
+    """A tiny Qwen2 checkpoint in HF format, with a BPE tokenizer.json and a ChatML template."""
+    import json
+
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["What is the special magic number for jittery-hospital?", "The grass is green. 1234567"] * 20
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=300, show_progress=False,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.add_special_tokens(["<|endoftext|>", "<|im_start|>", "<|im_end|>"])
+    tok.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "chat_template": CHATML}))
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=256, tie_word_embeddings=True, rope_theta=10000.0,
+                                      initializer_range=0.5)  # large weights: varied, telling output
+    transformers.Qwen2ForCausalLM(config).eval().save_pretrained(folder)
+    return transformers.Qwen2ForCausalLM.from_pretrained(folder).eval()
+
+
+def test_demo_command_on_an_hf_checkpoint_matches_transformers(tmp_path):
+    import torch
+
+    from memagent_jax.tokenizer import load_tokenizer
+
+    reference = _hf_checkpoint_folder(tmp_path)
+    prompt = "What is the special magic number?"
+    done = _run(f"--config={QUICKSTART}", f"--config.model.checkpoint={tmp_path}",
+                f"--config.tokenizer.path={tmp_path}", f"--config.workdir={tmp_path / 'run'}",
+                f"--config.generate.prompt={prompt}", "--config.generate.max_new_tokens=6")
+    assert done.returncode == 0, done.stderr
+    tokenizer = load_tokenizer(tmp_path)
+    ids = tokenizer.encode_chat([{"role": "user", "content": prompt}])
+    with torch.no_grad():
+        out = reference.generate(torch.tensor([ids]), max_new_tokens=6, do_sample=False,
+                                 eos_token_id=list(tokenizer.stop_ids), pad_token_id=tokenizer.pad_id)
+    expected = tokenizer.decode(out[0, len(ids):].tolist())
+    assert f"completion ({out.shape[1] - len(ids)} tokens): {expected!r}" in done.stdout
