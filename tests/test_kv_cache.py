@@ -115,5 +115,6 @@ def test_random_operations_keep_invariants():
 def test_device_cache_shape_and_size():
     cfg = get_preset("tiny")
     cache = init_kv_cache(cfg, num_pages=8, page_size=16)
-    assert cache.k.shape == (cfg.num_layers, cfg.num_kv_heads, 8, 16, cfg.head_dim)
-    assert kv_cache_bytes(cfg, 8, 16) == cache.k.nbytes + cache.v.nbytes
+    assert len(cache.k) == len(cache.v) == cfg.num_layers
+    assert cache.k[0].shape == (cfg.num_kv_heads, 8, 16, cfg.head_dim)
+    assert kv_cache_bytes(cfg, 8, 16) == sum(a.nbytes for a in cache.k + cache.v)

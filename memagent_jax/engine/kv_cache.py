@@ -24,24 +24,38 @@ NULL_PAGE = 0
 
 
 class KVCache(NamedTuple):
-    """Keys and values, each [layers, kv_heads, pages, page_size, head_dim] (KV-head-major pages)."""
+    """Per layer, keys and values [kv_heads, pages, page_size, head_dim] (KV-head-major pages).
 
-    k: jax.Array
-    v: jax.Array
+    One array per layer rather than one stacked array: a layer's pages are then read and updated in
+    place, where slicing a stacked array costed a copy of the layer per use on CPU.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
+
+    @property
+    def page_size(self) -> int:
+        return self.k[0].shape[2]
+
+    def replace_layer(self, layer: int, k: jax.Array, v: jax.Array) -> "KVCache":
+        return KVCache(self.k[:layer] + (k,) + self.k[layer + 1:], self.v[:layer] + (v,) + self.v[layer + 1:])
 
 
 def init_kv_cache(
     cfg: ModelConfig, num_pages: int, page_size: int, sharding: NamedSharding | None = None
 ) -> KVCache:
     """Zeroed pages in the model's compute dtype, created directly in `sharding` when given."""
-    shape = (cfg.num_layers, cfg.num_kv_heads, num_pages, page_size, cfg.head_dim)
+    shape = (cfg.num_kv_heads, num_pages, page_size, cfg.head_dim)
 
     def zeros() -> KVCache:
-        return KVCache(jnp.zeros(shape, cfg.compute_dtype), jnp.zeros(shape, cfg.compute_dtype))
+        layers = range(cfg.num_layers)
+        return KVCache(tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in layers),
+                       tuple(jnp.zeros(shape, cfg.compute_dtype) for _ in layers))
 
     if sharding is None:
         return jax.jit(zeros)()
-    return jax.jit(zeros, out_shardings=KVCache(sharding, sharding))()
+    per_layer = tuple(sharding for _ in range(cfg.num_layers))
+    return jax.jit(zeros, out_shardings=KVCache(per_layer, per_layer))()
 
 
 def kv_cache_bytes(cfg: ModelConfig, num_pages: int, page_size: int) -> int:

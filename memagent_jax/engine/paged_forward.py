@@ -24,12 +24,12 @@ def write_slots(
 
 
 def _write_kv(cache: KVCache, layer: int, k: jax.Array, v: jax.Array, pages: jax.Array, offsets: jax.Array) -> KVCache:
-    # k, v [B, C, KV, hd] -> pages [layers, KV, P, page_size, hd]. The scalar layer and the two index
-    # arrays are advanced indices separated by a slice, so the indexed view is [B, C, KV, hd] (NumPy rules).
-    return KVCache(
-        cache.k.at[layer, :, pages, offsets].set(k.astype(cache.k.dtype), mode="drop"),
-        cache.v.at[layer, :, pages, offsets].set(v.astype(cache.v.dtype), mode="drop"),
-    )
+    # k, v [B, C, KV, hd] -> the layer's pages [KV, P, page_size, hd]. The two index arrays are adjacent
+    # advanced indices after a slice, so the indexed view is [KV, B, C, hd] (NumPy rules).
+    k_pages, v_pages = cache.k[layer], cache.v[layer]
+    k_new = k_pages.at[:, pages, offsets].set(jnp.moveaxis(k, 2, 0).astype(k_pages.dtype), mode="drop")
+    v_new = v_pages.at[:, pages, offsets].set(jnp.moveaxis(v, 2, 0).astype(v_pages.dtype), mode="drop")
+    return cache.replace_layer(layer, k_new, v_new)
 
 
 def paged_forward(
@@ -48,7 +48,7 @@ def paged_forward(
     Returns the final hidden states [B, C, D] (before the final norm) and the updated cache.
     C == 1 is a decode step and uses the paged decode kernel; longer chunks use prefill attention.
     """
-    page_size = cache.k.shape[3]
+    page_size = cache.page_size
     pages, offsets = write_slots(positions, valid, page_table, page_size)
     x = model.embed(tokens)
     for index, layer in enumerate(model.layers):
