@@ -220,3 +220,22 @@ def test_dispatch_auto_uses_reference_on_cpu_and_rejects_unknown_backends():
     with pytest.raises(ValueError, match="pallas_gpu") as err:
         attention.paged_decode_attention(q, k_pages, v_pages, table, lens, backend="cuda")
     assert all(name in str(err.value) for name in attention.BACKENDS)
+
+
+@pytest.mark.parametrize("chunk, block", [(64, 16), (48, 32), (40, 128)])
+def test_causal_chunk_attention_matches_dense(chunk, block):
+    """The fresh-prefill path (a chunk attending to itself, in causal blocks) against dense attention."""
+    rng = np.random.default_rng(3)
+    batch, heads, kv_heads, head_dim = 3, 4, 2, 16
+    q = rng.standard_normal((batch, chunk, heads, head_dim)).astype(np.float32)
+    k = rng.standard_normal((batch, chunk, kv_heads, head_dim)).astype(np.float32)
+    v = rng.standard_normal((batch, chunk, kv_heads, head_dim)).astype(np.float32)
+    lengths = [chunk, chunk - 7, 1]
+    valid = np.arange(chunk)[None, :] < np.asarray(lengths)[:, None]
+    out = _as_np(attention.causal_chunk_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v),
+                                                  jnp.asarray(valid), block=block))
+    for b, length in enumerate(lengths):
+        for t in range(length):
+            expected = _dense_attention(q[b, t], k[b, : t + 1], v[b, : t + 1], t + 1)
+            np.testing.assert_allclose(out[b, t], expected, atol=1e-5)
+        assert np.all(out[b, length:] == 0)  # padding queries give zeros

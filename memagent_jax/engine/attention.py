@@ -143,3 +143,32 @@ def paged_decode_attention(
         return attention_tpu.paged_decode_attention_tpu(
             q, k_pages, v_pages, page_table, lengths, interpret=interpret)
     return paged_decode_attention_reference(q, k_pages, v_pages, page_table, lengths)
+
+
+def causal_chunk_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, block: int = 128
+) -> jax.Array:
+    """Causal attention of a chunk over itself: q [B, C, H, hd], k/v [B, C, KV, hd], valid [B, C].
+
+    For prefill chunks that start a sequence (no earlier keys), so nothing is read back from the pages.
+    Query blocks attend only to keys up to their own end, which skips the masked upper triangle:
+    about (n + 1) / 2n of the full work for n blocks.
+    """
+    batch, chunk, num_heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    group = num_heads // kv_heads
+    block = min(block, chunk)
+    if chunk % block:
+        block = chunk
+    qg = q.reshape(batch, chunk, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)  # [B, KV, G, C, hd]
+    kt = k.transpose(0, 2, 1, 3)  # [B, KV, C, hd]
+    vt = v.transpose(0, 2, 1, 3)
+    index = jnp.arange(chunk)
+    outputs = []
+    for start in range(0, chunk, block):
+        end = start + block
+        causal = index[None, start:end, None] >= index[None, None, :end]  # [1, block, end]
+        mask = causal & valid[:, None, :end] & valid[:, start:end, None]  # [B, block, end]
+        outputs.append(_masked_attention(qg[:, :, :, start:end], kt[:, :, :end], vt[:, :, :end], mask[:, None, None]))
+    out = jnp.concatenate(outputs, axis=3)  # [B, KV, G, C, hd]
+    return out.transpose(0, 3, 1, 2, 4).reshape(batch, chunk, num_heads, head_dim).astype(q.dtype)

@@ -228,11 +228,15 @@ class Engine:
             s for s in sorted(self._running.values(), key=lambda s: s.admitted_at)
             if s.in_prefill and all(self.pool.is_ready(p) for p in s.pages[: s.shared_pages])
         ]
-        while ready:
-            group, ready = ready[: cfg.prefill_batch], ready[cfg.prefill_batch:]
-            self._prefill_group(group)
+        # Sequences starting from position 0 go together: their attention reads no pages back.
+        fresh = [s for s in ready if s.computed == 0]
+        rest = [s for s in ready if s.computed > 0]
+        for kind, seqs in ((True, fresh), (False, rest)):
+            while seqs:
+                group, seqs = seqs[: cfg.prefill_batch], seqs[cfg.prefill_batch:]
+                self._prefill_group(group, kind)
 
-    def _prefill_group(self, group: list[_Sequence]) -> None:
+    def _prefill_group(self, group: list[_Sequence], fresh: bool) -> None:
         cfg = self.config
         pieces = [(s, s.computed, min(len(s.tokens), s.computed + cfg.prefill_chunk)) for s in group]
         width = min(cfg.prefill_chunk, max(cfg.page_size, _next_power_of_two(max(e - b for _, b, e in pieces))))
@@ -253,7 +257,7 @@ class Engine:
         needed = -(-max(end for _, _, end in pieces) // cfg.page_size)
         table = self._page_table([p[0] for p in pieces], rows, needed)
         batch = PrefillBatch(tokens, positions, valid, table, last, pack_slot_sampling(params, rows), step)
-        sampled, logprobs, self.cache = self._prefill(self._state, self.cache, batch)
+        sampled, logprobs, self.cache = self._prefill(self._state, self.cache, batch, fresh)
         self.stats.prefill_calls += 1
         sampled, logprobs = np.asarray(sampled), np.asarray(logprobs)
         for row, (seq, begin, end) in enumerate(pieces):

@@ -41,12 +41,15 @@ def paged_forward(
     page_table: jax.Array,
     *,
     decode_backend: str = "auto",
+    fresh: bool = False,
 ) -> tuple[jax.Array, KVCache]:
     """Runs tokens [B, C] at absolute positions [B, C] (valid [B, C] marks real tokens).
 
     Keys/values of earlier positions must already be in the pages named by page_table [B, max_pages].
     Returns the final hidden states [B, C, D] (before the final norm) and the updated cache.
-    C == 1 is a decode step and uses the paged decode kernel; longer chunks use prefill attention.
+    C == 1 is a decode step and uses the paged decode kernel; longer chunks use prefill attention over the
+    pages, or, when `fresh` (every row starts its sequence at position 0 in this chunk), attention over
+    the chunk's own keys without reading the pages back.
     """
     page_size = cache.page_size
     pages, offsets = write_slots(positions, valid, page_table, page_size)
@@ -60,6 +63,8 @@ def paged_forward(
             out = attention.paged_decode_attention(
                 q[:, 0], cache.k[index], cache.v[index], page_table, lengths, backend=decode_backend
             )[:, None]
+        elif fresh:
+            out = attention.causal_chunk_attention(q, k, v, valid)
         else:
             out = attention.paged_prefill_attention_reference(
                 q, cache.k[index], cache.v[index], page_table, positions, valid

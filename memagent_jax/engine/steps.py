@@ -46,14 +46,16 @@ class DecodeOutput(NamedTuple):
 
 
 def make_prefill_fn(graphdef: nnx.GraphDef, on_trace: Callable[[str], None]) -> Callable:
-    """prefill(state, cache, batch) -> (tokens [B], logprobs [B], cache): writes the chunk's KV and samples
-    a token after each row's last valid position (used only for rows whose prompt ends in this chunk)."""
+    """prefill(state, cache, batch, fresh) -> (tokens [B], logprobs [B], cache): writes the chunk's KV and
+    samples a token after each row's last valid position (used only for rows whose prompt ends in this
+    chunk). `fresh` (static): every row starts at position 0, so attention needs no page reads."""
 
-    @functools.partial(jax.jit, donate_argnums=(1,))
-    def prefill(state: nnx.State, cache: KVCache, batch: PrefillBatch):
-        on_trace(f"prefill{tuple(batch.tokens.shape)}/pages{batch.page_table.shape[1]}")
+    @functools.partial(jax.jit, donate_argnums=(1,), static_argnums=(3,))
+    def prefill(state: nnx.State, cache: KVCache, batch: PrefillBatch, fresh: bool):
+        on_trace(f"prefill{tuple(batch.tokens.shape)}/pages{batch.page_table.shape[1]}" + ("/fresh" if fresh else ""))
         model = nnx.merge(graphdef, state)
-        hidden, cache = paged_forward(model, cache, batch.tokens, batch.positions, batch.valid, batch.page_table)
+        hidden, cache = paged_forward(model, cache, batch.tokens, batch.positions, batch.valid, batch.page_table,
+                                      fresh=fresh)
         last = jnp.take_along_axis(hidden, batch.last_index[:, None, None], axis=1)  # [B, 1, D]
         logits = model.logits(last)[:, 0]
         tokens, logprobs = sample_tokens(logits, batch.sampling, batch.step)
