@@ -43,4 +43,5 @@ setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": ["memagent-answer=memagent_jax.answer:run"]},
 )

@@ -1,0 +1,131 @@
+"""Answer a question about a document of any length with a memory agent.
+
+    memagent-answer --checkpoint DIR --document FILE --question "..." [--show-memory]
+
+DIR is a checkpoint folder in Hugging Face layout (config.json, safetensors, and tokenizer.json or our
+SentencePiece tokenizer.model); the project's trained models are exported in that layout. The document is
+streamed: read, decoded and tokenized piece by piece, so host memory stays bounded whatever its size.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import sys
+import time
+
+from absl import app, flags
+
+from memagent_jax.agent.chunks import iter_text_file, iter_token_pieces
+from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory
+from memagent_jax.agent.prompts import AgentPrompts
+from memagent_jax.engine.engine import Engine
+from memagent_jax.engine.requests import EngineConfig
+
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint folder (HF layout with a tokenizer).")
+_DOCUMENT = flags.DEFINE_string("document", None, "Text file to read (any size; invalid UTF-8 is replaced).")
+_QUESTION = flags.DEFINE_string("question", None, "The question to answer.")
+_SHOW_MEMORY = flags.DEFINE_bool("show_memory", False, "Print the memory after each chunk.")
+_CHUNK = flags.DEFINE_integer("chunk_size", 5000, "Document tokens per memory update.")
+_MEMORY = flags.DEFINE_integer("max_memory_tokens", 1024, "Longest memory the model may write.")
+_ANSWER = flags.DEFINE_integer("max_answer_tokens", 1024, "Longest final answer.")
+_QUESTION_MAX = flags.DEFINE_integer("max_question_tokens", 1024, "Longest accepted question.")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0: greedy).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+
+
+class _Progress:
+    """One status line on stderr: chunks read, tokens, and how far through the file."""
+
+    def __init__(self, total_bytes: int):
+        self.total_bytes = max(total_bytes, 1)
+        self.bytes_read = 0
+        self.tokens = 0
+        self.started = time.perf_counter()
+
+    def __call__(self, trajectory: Trajectory, chunks_done: int) -> None:
+        share = min(1.0, self.bytes_read / self.total_bytes)
+        bar = "#" * int(share * 30)
+        elapsed = time.perf_counter() - self.started
+        sys.stderr.write(f"\r[{bar:<30}] {share:6.1%}  chunk {chunks_done}  {self.tokens:,} tokens  {elapsed:.0f}s")
+        sys.stderr.flush()
+
+
+def answer_document(checkpoint: str | os.PathLike, document: str | os.PathLike, question: str,
+                    config: AgentConfig, show_memory: bool = False) -> Trajectory:
+    """Loads the checkpoint, streams the document through the agent, and returns the trajectory."""
+    from memagent_jax.model.hf import load_hf_checkpoint  # imported here: flags parse fast for --help
+    from memagent_jax.tokenizer import load_tokenizer
+
+    checkpoint, document = pathlib.Path(checkpoint), pathlib.Path(document)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
+    if not document.is_file():
+        raise FileNotFoundError(f"document {document} does not exist")
+    tokenizer = load_tokenizer(checkpoint)
+    model, _ = load_hf_checkpoint(checkpoint)
+    prompts = AgentPrompts.build(tokenizer)
+    longest = prompts.memory_update.fixed_length() + config.max_question_tokens + config.max_memory_tokens \
+        + config.chunk_size
+    page_size = 16
+    max_seq_len = -(-(longest + max(config.max_memory_tokens, config.max_answer_tokens)) // page_size) * page_size
+    if max_seq_len > model.cfg.max_position_embeddings:
+        raise ValueError(f"chunk, memory and question sizes need {max_seq_len} positions but the model has "
+                         f"{model.cfg.max_position_embeddings}: lower --chunk_size or --max_memory_tokens")
+    engine = Engine(model, EngineConfig(page_size=page_size, num_pages=2 * max_seq_len // page_size + 2,
+                                        max_slots=1, max_seq_len=max_seq_len, max_prompt_len=longest,
+                                        prefill_chunk=min(512, max_seq_len) // page_size * page_size))
+    agent = MemoryAgent(engine, tokenizer, config, prompts)
+    progress = _Progress(document.stat().st_size)
+    replaced = [0]
+
+    def texts():
+        for text, bad in iter_text_file(document):
+            replaced[0] += bad
+            progress.bytes_read += len(text.encode("utf-8", errors="replace"))
+            yield text
+
+    def pieces():
+        for ids in iter_token_pieces(texts(), tokenizer):
+            progress.tokens += len(ids)
+            yield ids
+
+    def on_progress(trajectory: Trajectory, chunks_done: int) -> None:
+        progress(trajectory, chunks_done)
+        if show_memory:
+            sys.stderr.write("\n")
+            print(f"--- memory after chunk {chunks_done} ---\n{trajectory.memories[-1]}", flush=True)
+
+    [trajectory] = agent.run([AgentTask("document", question, pieces)], on_progress=on_progress)
+    sys.stderr.write("\n")
+    if replaced[0]:
+        print(f"note: {replaced[0]} bytes of {document} were not valid UTF-8 and were replaced by U+FFFD",
+              file=sys.stderr)
+    if trajectory.error is not None:
+        raise RuntimeError(f"generation failed: {trajectory.error}")
+    return trajectory
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    missing = [f"--{f.name}" for f in (_CHECKPOINT, _DOCUMENT, _QUESTION) if f.value is None]
+    if missing:
+        raise app.UsageError(f"missing required flags: {', '.join(missing)}")
+    config = AgentConfig(chunk_size=_CHUNK.value, max_memory_tokens=_MEMORY.value,
+                         max_answer_tokens=_ANSWER.value, max_question_tokens=_QUESTION_MAX.value,
+                         temperature=_TEMPERATURE.value, seed=_SEED.value)
+    try:
+        trajectory = answer_document(_CHECKPOINT.value, _DOCUMENT.value, _QUESTION.value, config,
+                                     show_memory=_SHOW_MEMORY.value)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"error: {err}") from None
+    print(trajectory.answer)
+
+
+def run() -> None:
+    """Console-script entry point (memagent-answer)."""
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
