@@ -25,6 +25,8 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "jinja2>=3.1,<4",
     "numpy>=2.0,<3",
+    # pyarrow: MemAgent's training data is Parquet (data/parquet.py reader, data/writers.py writer).
+    "pyarrow==26.0.1",
 ]
 
 TEST_REQUIRES = [

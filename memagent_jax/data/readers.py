@@ -1,0 +1,255 @@
+"""Random-access readers (Grain data sources) for JSONL and JSON-array files of records.
+
+Opening a file scans it once and keeps only the byte offsets of its valid records, so ``source[i]``
+is one ``os.pread`` plus one ``json.loads`` and memory stays small whatever the file's size. With
+``validate=True`` (the default) every record is parsed during that scan: a malformed one raises
+``RecordError`` naming the file and line, or, with ``on_error="skip"``, is left out of the index and
+counted in ``skipped``/``metrics()``. ``validate=False`` opens huge files faster; errors then surface
+on access (skip mode needs validation, to know the length up front).
+
+``open_source(path)`` picks the reader by extension (.jsonl, .json, .parquet).
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+import mmap
+import os
+import pathlib
+import re
+import threading
+from typing import Any
+
+import numpy as np
+
+from memagent_jax.data.document import AnswerMode, Sample
+from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error
+from memagent_jax.data.records import FORMATS, BadRecord, parse_record
+
+__all__ = ["JsonArraySource", "JsonlSource", "RecordSource", "open_source"]
+
+
+class RecordSource(abc.ABC):
+    """Shared logic: format parsing, error policy, skip accounting. Subclasses index and read rows."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        fmt: str = "auto",
+        *,
+        on_error: OnError = "raise",
+        validate: bool = True,
+        task: str | None = None,
+        ruler_answer_mode: AnswerMode = "all",
+    ):
+        check_on_error(on_error)
+        if fmt != "auto" and fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
+        if on_error == "skip" and not validate:
+            raise ValueError("on_error='skip' needs validate=True (the length must be known up front)")
+        self.path = pathlib.Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no such data file: {self.path}")
+        self.fmt, self.on_error, self.validate, self.task = fmt, on_error, validate, task
+        self.ruler_answer_mode = ruler_answer_mode
+        self.skip_log = SkipLog(str(self.path))
+
+    # -- subclass interface
+    @abc.abstractmethod
+    def __len__(self) -> int: ...
+
+    @abc.abstractmethod
+    def _raw(self, index: int) -> tuple[Any, str]:
+        """(decoded record, location string) of valid record ``index``; raises RecordError."""
+
+    # -- shared
+    @property
+    def skipped(self) -> dict[str, int]:
+        """Skipped records by reason (empty unless on_error='skip' met bad records)."""
+        return dict(self.skip_log.counts)
+
+    def metrics(self) -> dict[str, int]:
+        return self.skip_log.metrics()
+
+    def _parse(self, record: Any, position: int, location: str) -> Sample:
+        try:
+            return parse_record(record, position, self.fmt, self.task, self.ruler_answer_mode)
+        except BadRecord as err:
+            raise RecordError(location, str(err)) from None
+
+    def _check(self, err: RecordError) -> None:
+        """Raise or count a bad record found while indexing."""
+        if self.on_error == "raise":
+            raise err
+        self.skip_log.record(err)
+
+    def __getitem__(self, index: int) -> Sample:
+        index = int(index)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range [0, {len(self)}) in {self.path}")
+        record, location = self._raw(index)
+        return self._parse(record, index, location)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.path)!r}, {len(self)} records, skipped={self.skip_log.total})"
+
+
+class _PreadFile:
+    """Thread-safe positional reads; reopened after pickling or fork."""
+
+    def __init__(self, path: pathlib.Path):
+        self.path = path
+        self._fd: int | None = None
+        self._pid = -1
+        self._lock = threading.Lock()
+
+    def read(self, offset: int, length: int) -> bytes:
+        if self._fd is None or self._pid != os.getpid():
+            with self._lock:
+                if self._fd is None or self._pid != os.getpid():
+                    self._fd, self._pid = os.open(self.path, os.O_RDONLY), os.getpid()
+        return os.pread(self._fd, length, offset)
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"])
+
+    def __del__(self) -> None:
+        if self._fd is not None and self._pid == os.getpid():
+            os.close(self._fd)
+
+
+def _loads(raw: bytes, location: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RecordError(location, f"invalid JSON: {err}") from None
+
+
+class JsonlSource(RecordSource):
+    """One JSON record per line; blank lines are allowed and ignored."""
+
+    def __init__(self, path: str | os.PathLike, fmt: str = "auto", **kwargs):
+        super().__init__(path, fmt, **kwargs)
+        offsets, lengths, lines = [], [], []
+        with open(self.path, "rb") as f:
+            offset = 0
+            for lineno, raw in enumerate(f, start=1):
+                start, offset = offset, offset + len(raw)
+                if not raw.strip():
+                    continue
+                if self.validate:
+                    location = f"{self.path}:{lineno}"
+                    try:
+                        self._parse(_loads(raw, location), len(offsets), location)
+                    except RecordError as err:
+                        self._check(err)
+                        continue
+                offsets.append(start)
+                lengths.append(len(raw))
+                lines.append(lineno)
+        self._offsets = np.asarray(offsets, np.int64)
+        self._lengths = np.asarray(lengths, np.int64)
+        self._lines = np.asarray(lines, np.int64)
+        self._file = _PreadFile(self.path)
+
+    def __len__(self) -> int:
+        return len(self._offsets)
+
+    def line_of(self, index: int) -> int:
+        """The 1-based file line of valid record ``index``."""
+        return int(self._lines[index])
+
+    def _raw(self, index: int) -> tuple[Any, str]:
+        location = f"{self.path}:{self._lines[index]}"
+        return _loads(self._file.read(int(self._offsets[index]), int(self._lengths[index])), location), location
+
+
+# A JSON string (with escapes) or one structural character: scanned by the regex engine in C, so a
+# multi-megabyte context string is a single match.
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|[^\s,:\[\]{}"]+')
+
+
+class JsonArraySource(RecordSource):
+    """A file holding one JSON array of records (MemAgent's evaluation JSON), indexed without loading it."""
+
+    def __init__(self, path: str | os.PathLike, fmt: str = "auto", **kwargs):
+        super().__init__(path, fmt, **kwargs)
+        spans: list[tuple[int, int]] = []
+        with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            spans = self._scan(buf)
+            lines = _LineCounter(buf)
+            good = []
+            for i, (start, end) in enumerate(spans):
+                if self.validate:
+                    location = f"{self.path}:{lines.line_at(start)} (element {i})"
+                    try:
+                        self._parse(_loads(buf[start:end], location), len(good), location)
+                    except RecordError as err:
+                        self._check(err)
+                        continue
+                good.append((start, end, i))
+        self._spans = np.asarray([(s, e) for s, e, _ in good], np.int64).reshape(-1, 2)
+        self._elements = np.asarray([i for _, _, i in good], np.int64)
+        self._file = _PreadFile(self.path)
+
+    def _scan(self, buf: Any) -> list[tuple[int, int]]:
+        """(start, end) byte spans of the top-level array's elements (objects or anything else)."""
+        stripped = re.match(rb"\s*", buf).end()
+        if stripped >= len(buf) or buf[stripped : stripped + 1] != b"[":
+            raise RecordError(f"{self.path}:1", "expected a JSON array of records")
+        spans, depth, start = [], 0, -1
+        for m in _TOKENS.finditer(buf, stripped):
+            c = m.group()[:1]
+            if c in b"[{":
+                depth += 1
+                if depth == 2:
+                    start = m.start()
+            elif c in b"]}":
+                depth -= 1
+                if depth == 1:
+                    spans.append((start, m.end()))
+                elif depth == 0:
+                    return spans
+            elif depth == 1:  # a scalar element: not a record, but reported where it is, never dropped
+                spans.append((m.start(), m.end()))
+        raise RecordError(f"{self.path}:{_LineCounter(buf).line_at(len(buf))}", "unterminated JSON array")
+
+    def __len__(self) -> int:
+        return len(self._spans)
+
+    def _raw(self, index: int) -> tuple[Any, str]:
+        start, end = (int(x) for x in self._spans[index])
+        location = f"{self.path} (element {self._elements[index]}, byte {start})"
+        return _loads(self._file.read(start, end - start), location), location
+
+
+class _LineCounter:
+    """Line numbers of increasing byte offsets, counting each newline once."""
+
+    def __init__(self, buf: Any):
+        self._buf, self._pos, self._line = buf, 0, 1
+
+    def line_at(self, offset: int) -> int:
+        if offset < self._pos:
+            self._pos, self._line = 0, 1
+        self._line += self._buf[self._pos : offset].count(b"\n")
+        self._pos = offset
+        return self._line
+
+
+def open_source(path: str | os.PathLike, fmt: str = "auto", **kwargs) -> RecordSource:
+    """A reader for ``path`` chosen by extension: .jsonl, .json (an array) or .parquet."""
+    suffix = pathlib.Path(path).suffix.lower()
+    if suffix == ".jsonl":
+        return JsonlSource(path, fmt, **kwargs)
+    if suffix == ".json":
+        return JsonArraySource(path, fmt, **kwargs)
+    if suffix == ".parquet":
+        from memagent_jax.data.parquet import ParquetSource
+
+        return ParquetSource(path, fmt, **kwargs)
+    raise ValueError(f"unsupported data file {path}: expected .jsonl, .json or .parquet")

@@ -1,0 +1,187 @@
+"""Record formats: MemAgent training rows, MemAgent evaluation rows and RULER rows, to and from Sample.
+
+MemAgent training (Parquet or JSONL)::
+
+    {"data_source": str, "prompt": [{"role": "user", "content": question}], "context": str,
+     "reward_model": {"style": "rule", "ground_truth": [answer, ...]},
+     "extra_info": {"index": int, "question": str, "num_docs": int}}
+
+MemAgent evaluation (JSON/JSONL): ``{"context", "input" (the question), "answers": [...], "num_docs",
+"index"}``. RULER (JSONL): ``{"index", "input", "outputs": [...], "length", ...}`` where ``input`` is
+the whole prompt: the question is its last non-empty line (a leading ``Question:`` label is dropped)
+and the document is everything before it; rows that carry separate ``context`` and ``query`` (or
+``question``) fields use those instead.
+
+Answers: HotpotQA-style ground truths are alternatives (answer_mode "any"); RULER's outputs must all
+be found (string_match_all, answer_mode "all"; pass "any" for RULER's QA tasks). Rows we write add
+``extra_info.answers`` and ``extra_info.answer_mode`` (training) or ``answer_mode`` (evaluation) so
+they read back exactly; for "all" samples ``ground_truth`` is the one comma-joined string the reward
+compares with (``Sample.ground_truth``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from memagent_jax.data.document import AnswerMode, Sample, TextDocument
+
+__all__ = ["FORMATS", "BadRecord", "detect_format", "parse_record", "to_memagent_eval", "to_memagent_train"]
+
+FORMATS = ("memagent_train", "memagent_eval", "ruler")
+
+
+class BadRecord(ValueError):
+    """A record's content is wrong; readers add the file and line."""
+
+
+def detect_format(record: Mapping[str, Any]) -> str:
+    if "reward_model" in record or "prompt" in record:
+        return "memagent_train"
+    if "answers" in record and "input" in record:
+        return "memagent_eval"
+    if "outputs" in record and "input" in record:
+        return "ruler"
+    raise BadRecord(f"unrecognised record: keys {sorted(record)[:8]} match no format of {FORMATS}")
+
+
+def _field(record: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:
+    if name not in record:
+        raise BadRecord(f"missing field {name!r}")
+    value = record[name]
+    if not isinstance(value, kind):
+        raise BadRecord(f"field {name!r} should be {getattr(kind, '__name__', kind)}, got {type(value).__name__}")
+    return value
+
+
+def _answers(value: Any, name: str) -> tuple[str, ...]:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not value:
+        raise BadRecord(f"field {name!r} should be a non-empty list of strings, got {value!r:.80}")
+    out = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (str, int, float)):
+            raise BadRecord(f"field {name!r} holds a {type(v).__name__}, expected strings")
+        out.append(str(v))
+    return tuple(out)
+
+
+def _int_or(value: Any, default: int | None) -> int | None:
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def parse_record(
+    record: Any, position: int, fmt: str = "auto", task: str | None = None, ruler_answer_mode: AnswerMode = "all"
+) -> Sample:
+    """The Sample of one row; ``position`` is its index among the source's valid rows."""
+    if not isinstance(record, Mapping):
+        raise BadRecord(f"expected a JSON object, got {type(record).__name__}")
+    if fmt == "auto":
+        fmt = detect_format(record)
+    if fmt == "memagent_train":
+        return _from_train(record, position, task)
+    if fmt == "memagent_eval":
+        return _from_eval(record, position, task)
+    if fmt == "ruler":
+        return _from_ruler(record, position, task, ruler_answer_mode)
+    raise ValueError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
+
+
+def _from_train(record: Mapping[str, Any], position: int, task: str | None) -> Sample:
+    context = _field(record, "context", str)
+    extra = record.get("extra_info") or {}
+    if not isinstance(extra, Mapping):
+        raise BadRecord("field 'extra_info' should be an object")
+    prompt = record.get("prompt")
+    if prompt is not None:
+        if not isinstance(prompt, (list, tuple)) or not prompt:
+            raise BadRecord("field 'prompt' should be a non-empty list of messages")
+        users = [m for m in prompt if isinstance(m, Mapping) and m.get("role") == "user"]
+        if not users or not isinstance(users[-1].get("content"), str):
+            raise BadRecord("field 'prompt' has no user message with string content")
+        question = users[-1]["content"]
+    elif isinstance(extra.get("question"), str):
+        question = extra["question"]
+    else:
+        raise BadRecord("missing field 'prompt' (and no extra_info.question)")
+    reward = _field(record, "reward_model", Mapping)
+    if "ground_truth" not in reward:
+        raise BadRecord("missing field 'reward_model.ground_truth'")
+    answers = _answers(reward["ground_truth"], "reward_model.ground_truth")
+    mode = extra.get("answer_mode", "any")
+    if mode not in ("all", "any"):
+        raise BadRecord(f"extra_info.answer_mode should be 'all' or 'any', got {mode!r}")
+    if mode == "all":
+        answers = _answers(extra.get("answers"), "extra_info.answers")
+    meta = {"format": "memagent_train", "index": _int_or(extra.get("index"), position)}
+    if (n := _int_or(extra.get("num_docs"), None)) is not None:
+        meta["num_docs"] = n
+    source = record.get("data_source")
+    name = task or (source if isinstance(source, str) and source else "memagent")
+    return Sample(position, name, question, answers, TextDocument.with_answers(context, answers), mode, meta)
+
+
+def _from_eval(record: Mapping[str, Any], position: int, task: str | None) -> Sample:
+    context = _field(record, "context", str)
+    question = _field(record, "input", str)
+    answers = _answers(record.get("answers"), "answers")
+    meta = {"format": "memagent_eval", "index": _int_or(record.get("index"), position)}
+    if (n := _int_or(record.get("num_docs"), None)) is not None:
+        meta["num_docs"] = n
+    mode = record.get("answer_mode", "any")
+    if mode not in ("all", "any"):
+        raise BadRecord(f"field 'answer_mode' should be 'all' or 'any', got {mode!r}")
+    doc = TextDocument.with_answers(context, answers)
+    return Sample(position, task or "memagent_eval", question, answers, doc, mode, meta)
+
+
+def _from_ruler(record: Mapping[str, Any], position: int, task: str | None, mode: AnswerMode) -> Sample:
+    answers = _answers(record.get("outputs"), "outputs")
+    query = record.get("query", record.get("question"))
+    if isinstance(record.get("context"), str) and isinstance(query, str):
+        context, question = record["context"], query
+    else:
+        prompt = _field(record, "input", str).rstrip()
+        cut = prompt.rfind("\n")
+        context, question = prompt[: cut + 1], prompt[cut + 1 :].strip()
+        question = question.removeprefix("Question:").strip()
+        if not question:
+            raise BadRecord("field 'input' has no question line")
+    meta = {"format": "ruler", "index": _int_or(record.get("index"), position)}
+    if (n := _int_or(record.get("length"), None)) is not None:
+        meta["length"] = n
+    return Sample(position, task or "ruler", question, answers, TextDocument.with_answers(context, answers), mode, meta)
+
+
+def _extra(sample: Sample) -> dict[str, Any]:
+    extra: dict[str, Any] = {"index": int(sample.meta.get("index", sample.index)), "question": sample.question}
+    extra["num_docs"] = int(sample.meta.get("num_docs", 0))
+    # Always present (not only for "all"), so every row of a Parquet file has one schema.
+    extra["answers"] = list(sample.answers)
+    extra["answer_mode"] = sample.answer_mode
+    return extra
+
+
+def to_memagent_train(sample: Sample, data_source: str | None = None, context: str | None = None) -> dict[str, Any]:
+    """A MemAgent training row (materialises the context unless ``context`` is given)."""
+    return {
+        "data_source": data_source or sample.task,
+        "prompt": [{"role": "user", "content": sample.question}],
+        "context": sample.document.text() if context is None else context,
+        "reward_model": {"style": "rule", "ground_truth": sample.ground_truth},
+        "extra_info": _extra(sample),
+    }
+
+
+def to_memagent_eval(sample: Sample, context: str | None = None) -> dict[str, Any]:
+    """A MemAgent evaluation row plus ``answer_mode`` (how ``answers`` combine)."""
+    row = {
+        "context": sample.document.text() if context is None else context,
+        "input": sample.question,
+        "answers": list(sample.answers),
+        "num_docs": int(sample.meta.get("num_docs", 0)),
+        "index": int(sample.meta.get("index", sample.index)),
+        "answer_mode": sample.answer_mode,
+    }
+    return row
