@@ -1,0 +1,113 @@
+"""RULER-HQA builder on a small HotpotQA-shaped file: own paragraphs kept, distractors up to N, seeded shuffle."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import pickle
+import re
+
+import pytest
+
+from memagent_jax.data.errors import RecordError
+from memagent_jax.data.hotpotqa import RulerHQASource, load_hotpotqa, main, write_ruler_hqa
+from memagent_jax.data.readers import open_source
+from memagent_jax.data.testing import tiny_sp_tokenizer
+
+
+def _question(q: int) -> dict:
+    # Ten paragraphs per question, two of them supporting; question 1 shares a paragraph with question 0.
+    context = [[f"Title {q}-{p}", [f"Paragraph {p} of question {q}.", f" It mentions answer-{q}-{p}."]] for p in range(10)]
+    if q == 1:
+        context[9] = [f"Title 0-0", ["Paragraph 0 of question 0.", " It mentions answer-0-0."]]
+    return {
+        "_id": f"id{q}",
+        "answer": f"answer-{q}-3",
+        "question": f"What does question {q} ask?",
+        "supporting_facts": [[f"Title {q}-3", 1], [f"Title {q}-7", 0]],
+        "context": context,
+        "type": "bridge",
+        "level": "hard",
+    }
+
+
+@pytest.fixture()
+def hotpot(tmp_path: pathlib.Path) -> pathlib.Path:
+    path = tmp_path / "hotpotqa.json"
+    path.write_text(json.dumps([_question(q) for q in range(8)]), encoding="utf-8")
+    return path
+
+
+def test_pool_is_sorted_unique_paragraphs(hotpot: pathlib.Path) -> None:
+    data = load_hotpotqa(hotpot)
+    assert len(data.pool) == 79 and data.pool == sorted(set(data.pool))
+    assert data.pool[0] == "Title 0-0\nParagraph 0 of question 0. It mentions answer-0-0."
+    assert len(data.questions) == 8 and len(data.questions[1].docs) == 10
+
+
+@pytest.mark.parametrize("num_docs", [10, 25, 79])
+def test_sample_has_own_paragraphs_plus_distractors(hotpot: pathlib.Path, num_docs: int) -> None:
+    source = RulerHQASource(hotpot, num_docs, num_questions=None)
+    assert len(source) == 8
+    data = load_hotpotqa(hotpot)
+    for i in range(len(source)):
+        s = source[i]
+        text = s.document.text()
+        docs = text.split("\n\n")
+        assert len(docs) == num_docs == s.document.num_pieces == s.meta["num_docs"]
+        bodies = []
+        for k, d in enumerate(docs, start=1):
+            header, body = d.split("\n", 1)
+            assert header == f"Document {k}:"
+            bodies.append(body)
+        assert len(set(bodies)) == num_docs and set(bodies) <= set(data.pool)
+        assert {data.pool[d] for d in data.questions[i].docs} <= set(bodies)  # all own paragraphs
+        assert s.answers == (f"answer-{i}-3",) and s.answers[0] in text and s.answer_mode == "any"
+        assert sorted(span.text for span in s.document.spans) == [f"Title {i}-3", f"Title {i}-7"]
+        for span in s.document.spans:
+            assert s.document.piece(span.piece).startswith(f"Document {span.piece + 1}:\n{span.text}\n")
+
+
+def test_seeded_and_deterministic(hotpot: pathlib.Path) -> None:
+    a, b = RulerHQASource(hotpot, 30, seed=1), RulerHQASource(hotpot, 30, seed=1)
+    assert [a[i] for i in range(3)] == [b[i] for i in (0, 1, 2)]
+    assert RulerHQASource(hotpot, 30, seed=2)[0].document.text() != a[0].document.text()
+    assert pickle.loads(pickle.dumps(a[2])) == a[2]
+    picked = RulerHQASource(hotpot, 30, seed=1, question_indices=[5, 2])
+    assert picked[1].document.text() == a[2].document.text() and picked[1].meta["index"] == 2
+
+
+def test_approx_tokens(hotpot: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    tok = tiny_sp_tokenizer(tmp_path / "sp")
+    s = RulerHQASource(hotpot, 60, tokenizer=tok)[0]
+    exact = s.document.count_tokens(tok)
+    assert abs(s.document.approx_tokens - exact) <= 0.05 * exact
+    assert RulerHQASource(hotpot, 60)[0].document.approx_tokens == pytest.approx(len(s.document.text()) / 4, rel=0.1)
+
+
+def test_bad_inputs(hotpot: pathlib.Path, tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="num_docs"):
+        RulerHQASource(hotpot, 80)
+    with pytest.raises(FileNotFoundError, match="fetch_hotpotqa"):
+        RulerHQASource(tmp_path / "none.json", 10)
+    rows = [_question(0), {"question": "q?", "answer": "a", "context": [["t", "not a list"]]}, _question(2), 5]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(rows), encoding="utf-8")
+    with pytest.raises(RecordError, match=r"bad\.json \(element 1\): context entries"):
+        load_hotpotqa(bad)
+    source = RulerHQASource(bad, 15, on_error="skip")
+    assert len(source) == 2 and source.metrics()["data/skipped"] == 2
+    assert source[1].question == "What does question 2 ask?"
+
+
+def test_written_eval_files(hotpot: pathlib.Path, tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    paths = write_ruler_hqa(hotpot, tmp_path / "out", doc_counts=(20, 40), num_questions=3)
+    assert [p.name for p in paths] == ["ruler_hqa_20.jsonl", "ruler_hqa_40.jsonl"]
+    rows = [json.loads(line) for line in paths[1].read_text().splitlines()]
+    source = RulerHQASource(hotpot, 40, num_questions=3)
+    for i, row in enumerate(rows):
+        assert row["context"] == source[i].document.text() and row["input"] == source[i].question
+        assert row["answers"] == [f"answer-{i}-3"] and row["num_docs"] == 40 and row["index"] == i
+    assert open_source(paths[0])[2].document.text().count("Document ") == 20
+    main(["--hotpotqa", str(hotpot), "--out_dir", str(tmp_path / "cli"), "--num_docs", "15", "--num_questions", "2"])
+    assert re.search(r"ruler_hqa_15\.jsonl", capsys.readouterr().out)
