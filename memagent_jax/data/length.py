@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import bisect
 import itertools
+import threading
 from collections import OrderedDict
 
 from memagent_jax.data.document import TextTokenizer
@@ -37,8 +38,18 @@ class LengthPlanner:
         self.exact_limit = exact_limit
         self.calibration_units = calibration_units
         self._counts: OrderedDict[str, int] = OrderedDict()
+        self._lock = threading.Lock()  # Grain reads samples from several threads
         self._means: dict[object, float] = {}
         self._headers: dict[int, int] = {}
+
+    def __getstate__(self) -> dict:  # locks do not pickle (spawned Grain workers get a copy)
+        state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
 
     def count(self, text: str) -> int:
         """Token count of ``text``, cached for short repeated texts (filler lines, templates)."""
@@ -46,9 +57,10 @@ class LengthPlanner:
         if n is None:
             n = len(self.tokenizer.encode(text))
             if len(text) <= 4096:
-                self._counts[text] = n
-                if len(self._counts) > 4096:
-                    self._counts.popitem(last=False)
+                with self._lock:
+                    self._counts[text] = n
+                    if len(self._counts) > 4096:
+                        self._counts.popitem(last=False)
         return n
 
     def mean_unit_tokens(self, stream: UnitStream) -> float:
