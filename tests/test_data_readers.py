@@ -187,3 +187,21 @@ def test_open_source_errors(tmp_path: pathlib.Path) -> None:
     _write_lines(tmp_path / "a.jsonl", [json.dumps(EVAL_ROW)])
     with pytest.raises(ValueError, match="unknown format"):
         open_source(tmp_path / "a.jsonl", fmt="alpaca")
+
+
+def test_export_command_and_streamed_long_context(tmp_path: pathlib.Path, capsys: pytest.CaptureFixture) -> None:
+    from memagent_jax.data.export import main
+
+    tiny_sp_tokenizer(tmp_path / "sp")
+    out = tmp_path / "vt.parquet"
+    main(["--task", "vt", "--tokenizer", str(tmp_path / "sp"), "--target_tokens", "3000", "--num_samples", "3",
+          "--offset", "5", "--out", str(out)])
+    assert "wrote 3 samples" in capsys.readouterr().out
+    rows = open_source(out)
+    task = make_task("vt", tiny_sp_tokenizer(tmp_path / "sp2"), 3000)
+    _same(rows[1], task.sample(6))
+    assert rows[1].meta["index"] == 6 and rows[1].answer_mode == "all"
+    # A 200K-token document goes through the streaming JSONL writer and reads back identical.
+    big = make_task("niah_multiquery", tiny_sp_tokenizer(tmp_path / "sp3"), 200_000).sample(0)
+    write_jsonl([big], tmp_path / "big.jsonl", "memagent_eval")
+    _same(open_source(tmp_path / "big.jsonl")[0], big)

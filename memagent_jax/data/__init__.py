@@ -1,0 +1,14 @@
+"""Data: long documents streamed piece by piece, synthetic tasks, real-data readers, Grain pipelines.
+
+Modules (import them directly; this package imports nothing so `import memagent_jax.data` stays cheap):
+  document   Sample, Document (lazy, piece-wise; iter_text / iter_tokens), TextDocument, Span
+  tasks      make_task(name, tokenizer, target_tokens): RULER-style presets (niah_*, vt*, multihop_qa)
+  niah, vt, multihop   the generators; synthetic: base class, SyntheticSource (Grain source)
+  haystack, length     lazy haystack documents; token-length planning (exact or calibrated)
+  readers, parquet     JSONL / JSON-array / Parquet sources of MemAgent and RULER records
+  records, writers     record formats <-> Sample; MemAgent-format writers (JSONL streamed, Parquet)
+  hotpotqa   RULER-HQA builder from a local HotpotQA dev file (scripts/fetch_hotpotqa.sh)
+  pipeline   make_pipeline: shuffle -> per-process shard -> tokenize -> batch -> prefetch (checkpointable)
+  export     command line: write synthetic tasks in MemAgent's training/evaluation format
+  errors     RecordError, skip accounting; corpus, words, testing: text and tokenizers for tests
+"""
