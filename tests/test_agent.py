@@ -158,3 +158,22 @@ def test_text_file_streams_in_pieces_with_invalid_bytes_counted(tmp_path, tokeni
     assert all(p.endswith("\n") or set(p) == {"x"} for p, _ in pieces)
     streamed = [t for ids in iter_token_pieces((p for p, _ in pieces), tokenizer) for t in ids]
     assert streamed == tokenizer.encode(text)  # newline-aligned pieces tokenize as the whole text
+
+
+def test_runs_samples_from_the_data_pipeline(engine, tokenizer):
+    from memagent_jax.data.pipeline import make_pipeline
+    from memagent_jax.data.synthetic import SyntheticSource
+    from memagent_jax.data.tasks import make_task
+
+    source = SyntheticSource(make_task("niah_single", tokenizer, target_tokens=150), num_samples=2)
+    [batch] = list(make_pipeline(source, global_batch_size=2, tokenizer=tokenizer, chunk_tokens=48,
+                                 shuffle=False, num_epochs=1, process_index=0, process_count=1))
+    tasks = [AgentTask.from_agent_sample(item, tokenizer) for item in batch]
+    trajectories = MemoryAgent(engine, tokenizer, AGENT).run(tasks)
+    for item, task, trajectory in zip(batch, tasks, trajectories):
+        chunks = [list(map(int, c)) for c in item.iter_chunks(tokenizer)]
+        assert trajectory.num_chunks == len(chunks) >= 2
+        memory_prompts = [c.prompt for c in trajectory.conversations[:-1]]
+        for chunk, prompt in zip(chunks, memory_prompts):  # every chunk's ids appear verbatim in its prompt
+            assert any(prompt[i:i + len(chunk)] == chunk for i in range(len(prompt) - len(chunk) + 1))
+        assert task.answers == tuple(item.sample.ground_truth)

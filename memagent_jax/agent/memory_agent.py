@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import zlib
-from typing import Callable, Hashable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Sequence
 
 from memagent_jax.agent.chunks import ChunkCache
 from memagent_jax.agent.prompts import AgentPrompts
@@ -17,6 +17,9 @@ from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import Completion, Request
 from memagent_jax.engine.sampling import SamplingParams
 from memagent_jax.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from memagent_jax.data.pipeline import AgentSample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +47,14 @@ class AgentTask:
     question: str
     document_tokens: Callable[[], Iterable[Sequence[int]]]  # called once per sample, streamed lazily
     answers: tuple[str, ...] = ()
+    question_ids: Sequence[int] | None = None  # when already tokenized (the data pipeline does it)
+
+    @classmethod
+    def from_agent_sample(cls, item: "AgentSample", tokenizer: Tokenizer) -> "AgentTask":
+        """From the data pipeline's AgentSample: pre-tokenized question, chunks streamed or cached."""
+        sample = item.sample
+        return cls(sample.index, sample.question, lambda: item.iter_chunks(tokenizer),
+                   tuple(sample.ground_truth), question_ids=[int(t) for t in item.question_ids])
 
 
 @dataclasses.dataclass
@@ -140,7 +151,7 @@ class MemoryAgent:
         return [state.trajectory for state in rollouts]
 
     def _question_ids(self, task: AgentTask) -> list[int]:
-        ids = self.tokenizer.encode(task.question)
+        ids = list(task.question_ids) if task.question_ids is not None else self.tokenizer.encode(task.question)
         if len(ids) > self.config.max_question_tokens:
             raise ValueError(f"sample {task.sample_id!r}: the question has {len(ids)} tokens, more than "
                              f"max_question_tokens={self.config.max_question_tokens}")
