@@ -122,9 +122,20 @@ def main(argv: list[str]) -> None:
     print(trajectory.answer)
 
 
+def _underscore_flags(argv: list[str]) -> list[str]:
+    """Accepts --show-memory as well as --show_memory (and so for every flag)."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--") and not arg.startswith("---"):
+            name, sep, value = arg[2:].partition("=")
+            arg = "--" + name.replace("-", "_") + sep + value
+        out.append(arg)
+    return out
+
+
 def run() -> None:
     """Console-script entry point (memagent-answer)."""
-    app.run(main)
+    app.run(main, argv=_underscore_flags(sys.argv))
 
 
 if __name__ == "__main__":

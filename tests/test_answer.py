@@ -43,7 +43,7 @@ def test_answers_a_document_and_shows_memory(checkpoint, tmp_path):
     text = "".join(f"{line}\n" for line in tokenizer_corpus(40, seed=3))
     document.write_bytes(text.encode() + b"broken \xff bytes\n")
     done = _run(f"--checkpoint={checkpoint}", f"--document={document}", "--question=Which number?",
-                "--show_memory", *SMALL)
+                "--show-memory", *SMALL)
     assert done.returncode == 0, done.stderr
     shown = done.stdout.count("--- memory after chunk")
     assert shown >= 5  # 40 lines of ~20 tokens in chunks of 64

@@ -18,11 +18,14 @@ def model():
     return Transformer(CFG, rngs=nnx.Rngs(1))
 
 
-def _naive(model, prompt, steps):
+def _naive(model, prompt, steps, width=32):
+    """One token at a time, each from a fresh forward over the whole sequence so far (right-padded to a
+    fixed width so one compiled forward serves every step; causality makes the padding invisible)."""
+    forward = nnx.jit(lambda m, t: m(t))
     tokens = list(prompt)
     for _ in range(steps):
-        logits = model(jnp.asarray([tokens]))
-        tokens.append(int(jnp.argmax(logits[0, -1])))
+        logits = forward(model, jnp.asarray([tokens + [0] * (width - len(tokens))]))
+        tokens.append(int(jnp.argmax(logits[0, len(tokens) - 1])))
     return tokens[len(prompt):]
 
 
