@@ -69,10 +69,10 @@ def run_agent(length: int, batch: int, chunk: int, memory: int, answer: int) -> 
         return [AgentTask(f"{tag}{i}", QUESTION, lambda i=i: _document_pieces(tokenizer, num_tokens, seed=i))
                 for i in range(batch)]
 
-    agent.run(tasks(3 * chunk, "warm"))  # compile the shapes the timed run uses
+    agent.run(tasks(16 * chunk, "warm"), keep_prompts=False)  # compile the shapes the timed run uses
     compiled = sum(engine.stats.compilations.values())
     started = time.perf_counter()
-    trajectories = agent.run(tasks(length, "doc"))
+    trajectories = agent.run(tasks(length, "doc"), keep_prompts=False)
     seconds = time.perf_counter() - started
     chunks = sum(t.num_chunks for t in trajectories)
     return {"seconds": seconds, "doc_tokens": batch * length, "chunks": chunks,
@@ -96,7 +96,7 @@ def run_full_context(length: int, batch: int, answer: int) -> dict:
         return [Request(f"{tag}{i}", [t for p in _document_pieces(tokenizer, num_tokens, i) for t in p] + question,
                         SamplingParams(temperature=1.0, max_new_tokens=answer, seed=i)) for i in range(batch)]
 
-    engine.generate(requests(1024, "warm"))
+    engine.generate(requests(length, "warm"))  # same length: every page-table width is compiled first
     compiled = sum(engine.stats.compilations.values())
     started = time.perf_counter()
     engine.generate(requests(length, "doc"))

@@ -96,7 +96,8 @@ def answer_document(checkpoint: str | os.PathLike, document: str | os.PathLike, 
             sys.stderr.write("\n")
             print(f"--- memory after chunk {chunks_done} ---\n{trajectory.memories[-1]}", flush=True)
 
-    [trajectory] = agent.run([AgentTask("document", question, pieces)], on_progress=on_progress)
+    [trajectory] = agent.run([AgentTask("document", question, pieces)], on_progress=on_progress,
+                             keep_prompts=False)
     sys.stderr.write("\n")
     if replaced[0]:
         print(f"note: {replaced[0]} bytes of {document} were not valid UTF-8 and were replaced by U+FFFD",

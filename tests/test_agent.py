@@ -177,3 +177,12 @@ def test_runs_samples_from_the_data_pipeline(engine, tokenizer):
         for chunk, prompt in zip(chunks, memory_prompts):  # every chunk's ids appear verbatim in its prompt
             assert any(prompt[i:i + len(chunk)] == chunk for i in range(len(prompt) - len(chunk) + 1))
         assert task.answers == tuple(item.sample.ground_truth)
+
+
+def test_answering_without_keeping_prompts_gives_the_same_trajectory(engine, tokenizer):
+    agent = MemoryAgent(engine, tokenizer, AGENT)
+    kept = agent.run([_task(tokenizer, "k", 5)])[0]
+    light = agent.run([_task(tokenizer, "k", 5)], keep_prompts=False)[0]
+    assert [c.response for c in light.conversations] == [c.response for c in kept.conversations]
+    assert [c.prompt_len for c in light.conversations] == [len(c.prompt) for c in kept.conversations]
+    assert all(c.prompt == [] for c in light.conversations) and light.answer == kept.answer

@@ -1,5 +1,7 @@
 """The engine against full-recompute greedy decoding, plus scheduling, sharing, preemption and errors."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from flax import nnx
@@ -53,9 +55,11 @@ def test_shared_prefixes_reuse_pages_and_match(engine, model):
     prompts = [head + t for t in tails] + [head]
     before = engine.stats.cached_tokens
     got = engine.generate([Request(f"s{i}", p, GREEDY) for i, p in enumerate(prompts)])
-    # The first prompt computes the 5 full head pages; the others reuse them, except that a prompt equal
-    # to the head recomputes its last page (its last token must run to give logits).
-    assert engine.stats.cached_tokens - before == 40 + 32 + 40 + 32
+    # The first prompt computes the 5 full head pages; the others reuse them, except that the first prompt
+    # equal to the head recomputes its last page (its last token must run to give logits). The second
+    # prompt equal to the head forks from the first: all 40 tokens reused, nothing computed.
+    assert engine.stats.cached_tokens - before == 40 + 32 + 40 + 40
+    assert engine.stats.forked >= 1
     assert any(c.cached_prompt_tokens > 0 for c in got)
     for completion, expected in zip(got, greedy_generate(model, prompts, GREEDY.max_new_tokens)):
         assert completion.tokens == expected
@@ -67,8 +71,9 @@ def test_group_of_rollouts_prefills_the_prompt_once(engine):
     before = engine.stats.prefill_tokens
     got = engine.generate([Request(("g", s), prompt, p) for s, p in enumerate(params)])
     computed = engine.stats.prefill_tokens - before
-    # One full prefill, then at most one page (the last token's) per other rollout.
-    assert computed <= 64 + 7 * SMALL_ENGINE.page_size
+    # One prefill; the other rollouts fork from its pages and sample their first token from its logits.
+    assert computed == 64
+    assert all(c.cached_prompt_tokens == 64 for c in got[1:])
     assert len({tuple(c.tokens) for c in got}) > 1  # different seeds, different samples
 
 
@@ -157,3 +162,17 @@ def test_max_seq_len_limits_generation(model):
     completion = engine.generate([Request(0, _prompts(12, [20])[0], SamplingParams(temperature=0.0,
                                                                                   max_new_tokens=50))])[0]
     assert completion.finish_reason == "length" and len(completion.tokens) == 4
+
+
+def test_forked_rollouts_equal_independent_ones(engine, model):
+    """Identical prompts (a partial last page, copied on fork) give the tokens they would alone."""
+    prompt = _prompts(13, [37])[0]
+    params = [SamplingParams(temperature=1.0, max_new_tokens=9, seed=100 + s) for s in range(5)]
+    forks_before = engine.stats.forked
+    shared = engine.generate([Request(("f", s), prompt, p) for s, p in enumerate(params)])
+    assert engine.stats.forked - forks_before == 4
+    plain = Engine(model, dataclasses.replace(SMALL_ENGINE, prefix_caching=False))
+    alone = plain.generate([Request(("p", s), prompt, p) for s, p in enumerate(params)])
+    for a, b in zip(shared, alone):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)

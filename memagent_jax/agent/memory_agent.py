@@ -60,10 +60,11 @@ class AgentTask:
 @dataclasses.dataclass
 class Conversation:
     kind: str  # "memory" or "final"
-    prompt: list[int]
+    prompt: list[int]  # empty when the agent runs with keep_prompts=False (answering, not training)
     response: list[int]
     logprobs: list[float]
     finish_reason: str
+    prompt_len: int = 0
 
 
 @dataclasses.dataclass
@@ -125,9 +126,12 @@ class MemoryAgent:
                               max_new_tokens=max_tokens, stop_ids=tuple(self.tokenizer.stop_ids), seed=seed)
 
     def run(self, tasks: Sequence[AgentTask], group_size: int = 1,
-            on_progress: Callable[[Trajectory, int], None] | None = None) -> list[Trajectory]:
+            on_progress: Callable[[Trajectory, int], None] | None = None,
+            keep_prompts: bool = True) -> list[Trajectory]:
         """All trajectories, ordered by (task, rollout). `on_progress(trajectory, chunks_done)` is called
-        after every memory update (for progress bars)."""
+        after every memory update (for progress bars). Training needs every conversation's prompt;
+        answering does not, and `keep_prompts=False` keeps host memory flat on very long documents."""
+        self._keep_prompts = keep_prompts
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         questions = [self._question_ids(task) for task in tasks]
@@ -173,8 +177,9 @@ class MemoryAgent:
                                                                         state.rollout, turn))
         request_id = (index, turn)
         waiting[request_id] = (index, state)
-        state.trajectory.conversations.append(Conversation("memory" if chunk is not None else "final",
-                                                           prompt, [], [], "pending"))
+        state.trajectory.conversations.append(Conversation(
+            "memory" if chunk is not None else "final", prompt if self._keep_prompts else [], [], [], "pending",
+            prompt_len=len(prompt)))
         self.engine.submit(Request(request_id, prompt, params))
 
     def _on_completion(self, state: _Rollout, completion: Completion, caches: list[ChunkCache],

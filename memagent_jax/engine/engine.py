@@ -16,11 +16,12 @@ from typing import Hashable, Iterable, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from memagent_jax.engine.kv_cache import NULL_PAGE, KVCache, PagePool, init_kv_cache
 from memagent_jax.engine.requests import Completion, EngineConfig, Request
-from memagent_jax.engine.sampling import pack_slot_sampling
-from memagent_jax.engine.steps import DecodeBatch, PrefillBatch, make_decode_fn, make_prefill_fn
+from memagent_jax.engine.sampling import pack_slot_sampling, sample_tokens
+from memagent_jax.engine.steps import DecodeBatch, PrefillBatch, make_copy_page_fn, make_decode_fn, make_prefill_fn
 from memagent_jax.model.transformer import Transformer
 
 
@@ -64,6 +65,15 @@ def _table_width(pages: int, limit: int) -> int:
 
 
 @dataclasses.dataclass
+class _PromptRecord:
+    """A prefilled prompt kept for identical prompts that arrive later: its pages (held) and the logits
+    after its last token, from which a newcomer samples its first token without any prefill."""
+
+    pages: list[int]
+    logits: np.ndarray
+
+
+@dataclasses.dataclass
 class EngineStats:
     compilations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
     prefill_tokens: int = 0  # prompt tokens computed
@@ -72,6 +82,7 @@ class EngineStats:
     preemptions: int = 0
     prefill_calls: int = 0
     decode_calls: int = 0
+    forked: int = 0  # requests that started from an identical prompt's pages and logits
 
 
 class Engine:
@@ -85,9 +96,17 @@ class Engine:
                              f"max_position_embeddings={model.cfg.max_position_embeddings}")
         self._graphdef, self._state = nnx.split(model)
         self.pool = PagePool(config.num_pages, config.page_size)
-        self.cache: KVCache = init_kv_cache(model.cfg, config.num_pages, config.page_size)
+        # The cache lives where the steps will return it (replicated over the weights' mesh); a cache on
+        # another sharding would make the second call of every step compile again.
+        weights = jax.tree.leaves(self._state)[0].sharding
+        cache_sharding = NamedSharding(weights.mesh, PartitionSpec()) if isinstance(weights, NamedSharding) else None
+        self.cache: KVCache = init_kv_cache(model.cfg, config.num_pages, config.page_size, cache_sharding)
         self.stats = EngineStats()
         self._prefill = make_prefill_fn(self._graphdef, self._count_trace)
+        self._copy_page = make_copy_page_fn(self._count_trace)
+        self._sample = jax.jit(sample_tokens)
+        self._records: collections.OrderedDict[tuple[int, ...], _PromptRecord] = collections.OrderedDict()
+        self._prefilling: collections.Counter = collections.Counter()  # prompt -> sequences prefilling it
         self._decode = make_decode_fn(self._graphdef, config.decode_steps, config.attention_backend,
                                       self._count_trace)
         self._waiting: collections.deque[_Sequence | Request] = collections.deque()
@@ -170,16 +189,80 @@ class Engine:
     # -- admission --------------------------------------------------------------------------------
 
     def _admit(self) -> None:
-        while self._waiting and self._free_slots:
-            item = self._waiting[0]
+        index = 0
+        while index < len(self._waiting) and self._free_slots:
+            item = self._waiting[index]
+            if isinstance(item, Request) and self.config.prefix_caching:
+                key = tuple(item.prompt)
+                if key in self._records:
+                    if not self._fork(item, key):
+                        return  # no pages for it yet: wait, keeping the queue's order
+                    del self._waiting[index]
+                    continue
+                if self._prefilling[key]:
+                    index += 1  # an identical prompt is being prefilled: fork from it next round
+                    continue
             seq = item if isinstance(item, _Sequence) else _Sequence(item, list(item.prompt), len(item.prompt), -1)
             if not self._allocate_prompt(seq):
                 return  # first in line waits for pages; keep order (no overtaking)
-            self._waiting.popleft()
-            seq.slot = self._free_slots.pop(0)
-            seq.admitted_at = self._admissions
-            self._admissions += 1
-            self._running[seq.slot] = seq
+            del self._waiting[index]
+            if self.config.prefix_caching and not seq.generated:
+                self._prefilling[tuple(seq.tokens)] += 1
+            self._start(seq)
+
+    def _start(self, seq: _Sequence) -> None:
+        seq.slot = self._free_slots.pop(0)
+        seq.admitted_at = self._admissions
+        self._admissions += 1
+        self._running[seq.slot] = seq
+
+    def _allocate(self, count: int) -> list[int] | None:
+        """Fresh pages; kept prompt records give theirs back before anyone waits or is preempted."""
+        pages = self.pool.allocate(count)
+        while pages is None and self._records:
+            _, record = self._records.popitem(last=False)
+            self.pool.release(record.pages)
+            pages = self.pool.allocate(count)
+        return pages
+
+    def _fork(self, request: Request, key: tuple[int, ...]) -> bool:
+        """Starts a request whose prompt equals a recorded one: shares its full pages, copies its last
+        partial page, and samples the first token from its logits, so nothing is prefilled again."""
+        size = self.config.page_size
+        record = self._records[key]
+        self._records.move_to_end(key)
+        full = len(key) // size
+        shared = record.pages[:full]
+        self.pool.retain(shared)
+        fresh = self._allocate(-(-(len(key) + 1) // size) - full)
+        if fresh is None:
+            self.pool.release(shared)
+            return False
+        if len(key) % size:
+            self.cache = self._copy_page(self.cache, np.int32(record.pages[full]), np.int32(fresh[0]))
+        seq = _Sequence(request, list(key), len(key), -1, pages=shared + fresh, computed=len(key),
+                        cached_prompt_tokens=len(key))
+        self.stats.cached_tokens += len(key)
+        self.stats.forked += 1
+        self._start(seq)
+        sampling = pack_slot_sampling([request.params], 1)
+        token, logprob = self._sample(record.logits[None], sampling, np.zeros(1, np.int32))
+        self._append(seq, int(token[0]), float(logprob[0]))
+        return True
+
+    def _record_prompt(self, seq: _Sequence, logits: np.ndarray) -> None:
+        key = tuple(seq.tokens[: seq.prompt_len])
+        self._prefilling[key] -= 1
+        if self._prefilling[key] <= 0:
+            del self._prefilling[key]
+        if key in self._records:
+            return
+        pages = seq.pages[: -(-seq.prompt_len // self.config.page_size)]
+        self.pool.retain(pages)
+        self._records[key] = _PromptRecord(pages, logits)
+        while len(self._records) > self.config.max_slots:  # a small recent window is all that pays off
+            _, old = self._records.popitem(last=False)
+            self.pool.release(old.pages)
 
     def _allocate_prompt(self, seq: _Sequence) -> bool:
         size = self.config.page_size
@@ -193,7 +276,7 @@ class Engine:
         total = -(-(len(tokens) + 1) // size)
         # Retain the matched pages first: allocating may otherwise evict one of them.
         self.pool.retain(shared)
-        fresh = self.pool.allocate(total - len(shared)) if total > len(shared) else []
+        fresh = self._allocate(total - len(shared)) if total > len(shared) else []
         if fresh is None:
             self.pool.release(shared)
             return False
@@ -257,7 +340,7 @@ class Engine:
         needed = -(-max(end for _, _, end in pieces) // cfg.page_size)
         table = self._page_table([p[0] for p in pieces], rows, needed)
         batch = PrefillBatch(tokens, positions, valid, table, last, pack_slot_sampling(params, rows), step)
-        sampled, logprobs, self.cache = self._prefill(self._state, self.cache, batch, fresh)
+        sampled, logprobs, logits, self.cache = self._prefill(self._state, self.cache, batch, fresh)
         self.stats.prefill_calls += 1
         sampled, logprobs = np.asarray(sampled), np.asarray(logprobs)
         for row, (seq, begin, end) in enumerate(pieces):
@@ -265,6 +348,8 @@ class Engine:
             self.stats.prefill_tokens += end - begin
             self.pool.mark_ready(seq.pages[: end // cfg.page_size])
             if end == len(seq.tokens):
+                if cfg.prefix_caching and not seq.generated:
+                    self._record_prompt(seq, np.asarray(logits[row]))
                 self._append(seq, int(sampled[row]), float(logprobs[row]))
 
     # -- decode -----------------------------------------------------------------------------------
@@ -310,7 +395,7 @@ class Engine:
             if need <= 0:
                 index += 1
                 continue
-            pages = self.pool.allocate(need)
+            pages = self._allocate(need)
             if pages is not None:
                 seq.pages.extend(pages)
                 index += 1

@@ -46,7 +46,7 @@ class DecodeOutput(NamedTuple):
 
 
 def make_prefill_fn(graphdef: nnx.GraphDef, on_trace: Callable[[str], None]) -> Callable:
-    """prefill(state, cache, batch, fresh) -> (tokens [B], logprobs [B], cache): writes the chunk's KV and
+    """prefill(state, cache, batch, fresh) -> (tokens [B], logprobs [B], logits [B, V], cache): writes the chunk's KV and
     samples a token after each row's last valid position (used only for rows whose prompt ends in this
     chunk). `fresh` (static): every row starts at position 0, so attention needs no page reads."""
 
@@ -59,9 +59,21 @@ def make_prefill_fn(graphdef: nnx.GraphDef, on_trace: Callable[[str], None]) -> 
         last = jnp.take_along_axis(hidden, batch.last_index[:, None, None], axis=1)  # [B, 1, D]
         logits = model.logits(last)[:, 0]
         tokens, logprobs = sample_tokens(logits, batch.sampling, batch.step)
-        return tokens, logprobs, cache
+        return tokens, logprobs, logits, cache
 
     return prefill
+
+
+def make_copy_page_fn(on_trace: Callable[[str], None]) -> Callable:
+    """copy_page(cache, src, dst) -> cache: page dst of every layer becomes a copy of page src."""
+
+    @functools.partial(jax.jit, donate_argnums=(0,))
+    def copy_page(cache: KVCache, src: jax.Array, dst: jax.Array) -> KVCache:
+        on_trace("copy_page")
+        return KVCache(tuple(k.at[:, dst].set(k[:, src]) for k in cache.k),
+                       tuple(v.at[:, dst].set(v[:, src]) for v in cache.v))
+
+    return copy_page
 
 
 def make_decode_fn(
