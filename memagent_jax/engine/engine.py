@@ -189,13 +189,20 @@ class Engine:
     # -- admission --------------------------------------------------------------------------------
 
     def _admit(self) -> None:
+        forked: list[tuple[_Sequence, np.ndarray]] = []
+        try:
+            self._admit_into(forked)
+        finally:
+            self._sample_first_tokens(forked)
+
+    def _admit_into(self, forked: list[tuple[_Sequence, np.ndarray]]) -> None:
         index = 0
         while index < len(self._waiting) and self._free_slots:
             item = self._waiting[index]
             if isinstance(item, Request) and self.config.prefix_caching:
                 key = tuple(item.prompt)
                 if key in self._records:
-                    if not self._fork(item, key):
+                    if not self._fork(item, key, forked):
                         return  # no pages for it yet: wait, keeping the queue's order
                     del self._waiting[index]
                     continue
@@ -225,7 +232,7 @@ class Engine:
             pages = self.pool.allocate(count)
         return pages
 
-    def _fork(self, request: Request, key: tuple[int, ...]) -> bool:
+    def _fork(self, request: Request, key: tuple[int, ...], forked: list[tuple[_Sequence, np.ndarray]]) -> bool:
         """Starts a request whose prompt equals a recorded one: shares its full pages, copies its last
         partial page, and samples the first token from its logits, so nothing is prefilled again."""
         size = self.config.page_size
@@ -245,10 +252,22 @@ class Engine:
         self.stats.cached_tokens += len(key)
         self.stats.forked += 1
         self._start(seq)
-        sampling = pack_slot_sampling([request.params], 1)
-        token, logprob = self._sample(record.logits[None], sampling, np.zeros(1, np.int32))
-        self._append(seq, int(token[0]), float(logprob[0]))
+        forked.append((seq, record.logits))
         return True
+
+    def _sample_first_tokens(self, forked: list[tuple[_Sequence, np.ndarray]]) -> None:
+        """First tokens of forked sequences, sampled together in one call of fixed shape [slots, vocab]."""
+        if not forked:
+            return
+        rows = self.config.max_slots
+        logits = np.zeros((rows, forked[0][1].shape[-1]), np.float32)
+        for row, (_, row_logits) in enumerate(forked):
+            logits[row] = row_logits
+        params = [seq.request.params for seq, _ in forked] + [None] * (rows - len(forked))
+        tokens, logprobs = self._sample(logits, pack_slot_sampling(params, rows), np.zeros(rows, np.int32))
+        tokens, logprobs = np.asarray(tokens), np.asarray(logprobs)
+        for row, (seq, _) in enumerate(forked):
+            self._append(seq, int(tokens[row]), float(logprobs[row]))
 
     def _record_prompt(self, seq: _Sequence, logits: np.ndarray) -> None:
         key = tuple(seq.tokens[: seq.prompt_len])
