@@ -176,3 +176,7 @@ def test_forked_rollouts_equal_independent_ones(engine, model):
     for a, b in zip(shared, alone):
         assert a.tokens == b.tokens
         np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+    engine.pool.check_invariants()
+    # Only the recorded prompts still hold pages once everything has finished.
+    held = {p for p in range(1, SMALL_ENGINE.num_pages) if engine.pool.refcount(p) > 0}
+    assert held == {p for record in engine._records.values() for p in record.pages}
