@@ -2,6 +2,8 @@
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -180,3 +182,35 @@ def test_forked_rollouts_equal_independent_ones(engine, model):
     # Only the recorded prompts still hold pages once everything has finished.
     held = {p for p in range(1, SMALL_ENGINE.num_pages) if engine.pool.refcount(p) > 0}
     assert held == {p for record in engine._records.values() for p in record.pages}
+
+
+def test_update_weights_drops_stale_prefixes_and_matches_the_new_model(model):
+    engine = Engine(model, SMALL_ENGINE)
+    prompt = _prompts(11, [40])[0]
+    engine.generate([Request("old", prompt, GREEDY)])
+    compiled = dict(engine.stats.compilations)
+    other = Transformer(CFG, rngs=nnx.Rngs(99))
+    _, new_state = nnx.split(other)
+    # Weights arriving in another dtype (a bfloat16 copy from the trainer) are cast to the engine's dtype.
+    engine.update_weights(jax.tree.map(lambda x: x.astype(jnp.bfloat16).astype(jnp.float32), new_state))
+    assert engine.stats.weight_updates == 1
+    engine.update_weights(new_state)
+    got = engine.generate([Request("new", prompt, GREEDY)])[0]
+    # The same prompt again must be computed with the new weights, not forked from the old record.
+    assert got.cached_prompt_tokens == 0
+    assert got.tokens == greedy_generate(other, [prompt], GREEDY.max_new_tokens)[0]
+    assert dict(engine.stats.compilations) == compiled
+    engine.pool.check_invariants()
+
+
+def test_update_weights_refuses_a_busy_engine_or_other_shapes(model):
+    engine = Engine(model, SMALL_ENGINE)
+    _, state = nnx.split(model)
+    engine.submit(Request("busy", _prompts(12, [5])[0], GREEDY))
+    with pytest.raises(RuntimeError, match="idle"):
+        engine.update_weights(state)
+    while engine.has_work():
+        engine.step()
+    wrong = jax.tree.map(lambda x: x[..., :1] if x.ndim else x, state)
+    with pytest.raises(ValueError, match="shape"):
+        engine.update_weights(wrong)

@@ -83,6 +83,7 @@ class EngineStats:
     prefill_calls: int = 0
     decode_calls: int = 0
     forked: int = 0  # requests that started from an identical prompt's pages and logits
+    weight_updates: int = 0
 
 
 class Engine:
@@ -95,6 +96,7 @@ class Engine:
             raise ValueError(f"max_seq_len={config.max_seq_len} exceeds the model's "
                              f"max_position_embeddings={model.cfg.max_position_embeddings}")
         self._graphdef, self._state = nnx.split(model)
+        self._shardings = jax.tree.map(lambda x: x.sharding, self._state)
         self.pool = PagePool(config.num_pages, config.page_size)
         # The cache lives where the steps will return it (replicated over the weights' mesh); a cache on
         # another sharding would make the second call of every step compile again.
@@ -121,8 +123,28 @@ class Engine:
     # -- public API -------------------------------------------------------------------------------
 
     def update_weights(self, state: nnx.State) -> None:
-        """New parameters (e.g. after a training step) for the next calls; same structure and shapes."""
-        self._state = state
+        """New parameters (e.g. after a training step) for the next requests; same structure and shapes.
+
+        The arrays are moved device-to-device onto the engine's own (rollout) shardings, which may differ
+        from the trainer's, and every cached prompt is dropped: its KV was computed with the old weights.
+        Must be called between batches, with no request in flight."""
+        if self._waiting or self._running:
+            raise RuntimeError("update_weights needs an idle engine: requests are still waiting or running")
+        if jax.tree.structure(state) != jax.tree.structure(self._state):
+            raise ValueError("update_weights: the new state's structure differs from the engine's model")
+        for new, old in zip(jax.tree.leaves(state), jax.tree.leaves(self._state)):
+            if new.shape != old.shape:
+                raise ValueError(f"update_weights: shape {new.shape} where the engine has {old.shape}")
+        # Cast to the engine's dtypes too (e.g. float32 training copy, bfloat16 rollout copy): a new dtype
+        # would recompile every step.
+        state = jax.tree.map(lambda new, old: new.astype(old.dtype) if new.dtype != old.dtype else new,
+                             state, self._state)
+        self._state = jax.device_put(state, self._shardings)
+        while self._records:
+            _, record = self._records.popitem(last=False)
+            self.pool.release(record.pages)
+        self.pool.forget_prefixes()
+        self.stats.weight_updates += 1
 
     def submit(self, request: Request) -> None:
         """Queues a request; an invalid one completes at once with finish_reason "error"."""

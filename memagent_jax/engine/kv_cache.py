@@ -188,6 +188,15 @@ class PagePool:
             if cached is not None:
                 cached.ready = True
 
+    def forget_prefixes(self) -> None:
+        """Drops the whole prefix index (e.g. the weights changed, so cached KV is stale). Held pages stay
+        held but are no longer shareable; evictable pages become free."""
+        while self._evictable:
+            page, _ = self._evictable.popitem(last=False)
+            self._free.append(page)
+        self._index.clear()
+        self._cached.clear()
+
     def is_ready(self, page: int) -> bool:
         cached = self._cached.get(page)
         return cached is None or cached.ready
