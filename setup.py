@@ -35,6 +35,8 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     # transformers builds the tiny random Qwen2/Llama reference checkpoints in tests (no hub access).
     "transformers==5.23.0",
+    # tensorboard: test_metrics reads our hand-written event files back with TensorBoard's own reader.
+    "tensorboard==2.21.0",
 ]
 
 setup(
