@@ -1,0 +1,1 @@
+"""Reinforcement-learning objectives for training the memory agent (multi-conversation GRPO)."""
