@@ -162,6 +162,17 @@ class Transformer(nnx.Module):
         segment_ids [B, T]: 0 marks padding, equal ids form one sequence (packing); default all ones.
         positions [B, T]: rotary positions; default restarts at 0 at each segment start.
         """
+        return self.logits(self.hidden_states(tokens, segment_ids=segment_ids, positions=positions))
+
+    def hidden_states(
+        self,
+        tokens: jax.Array,
+        *,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
+        """The last decoder layer's output [B, T, hidden] (before the final norm). Training computes the
+        LM head piece by piece from this, so [B, T, vocab] logits never exist at once."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
         if segment_ids is None:
@@ -172,7 +183,7 @@ class Transformer(nnx.Module):
         x = self.embed(tokens)
         for layer in self.layers:
             x = layer(x, positions, mask)
-        return self.logits(x)
+        return x
 
 
 def padding_to_segments(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -1,0 +1,38 @@
+"""Per-token log-probabilities and entropies of packed rows under a model.
+
+The LM head runs over pieces of the sequence under jax.checkpoint: at a 152K vocabulary the full
+[rows, T, vocab] float32 logits of one micro-batch would outweigh the model, so each piece's logits are
+made, reduced to two numbers per token, and recomputed in the backward pass instead of stored.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from memagent_jax.model.transformer import Transformer
+
+
+def _piece_stats(model: Transformer, hidden: jax.Array, targets: jax.Array,
+                 temperature: float) -> tuple[jax.Array, jax.Array]:
+    logits = model.logits(hidden) / temperature
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    taken = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+    return taken, entropy
+
+
+def token_stats(model: Transformer, batch: dict[str, jax.Array], temperature: float = 1.0,
+                piece_len: int = 256) -> tuple[jax.Array, jax.Array]:
+    """(log p(target | prefix), entropy of the next-token distribution), both [rows, T] float32, with the
+    logits divided by `temperature` (the sampler's, so ratios compare like with like)."""
+    hidden = model.hidden_states(batch["tokens"], segment_ids=batch["segment_ids"], positions=batch["positions"])
+    length = hidden.shape[1]
+    stats = jax.checkpoint(_piece_stats, static_argnums=(3,))
+    logps, entropies = [], []
+    for start in range(0, length, piece_len):
+        piece = slice(start, min(start + piece_len, length))
+        logp, entropy = stats(model, hidden[:, piece], batch["targets"][:, piece], temperature)
+        logps.append(logp)
+        entropies.append(entropy)
+    return jnp.concatenate(logps, axis=1), jnp.concatenate(entropies, axis=1)
