@@ -226,3 +226,40 @@ def test_ten_million_tokens_stream_within_2_percent(sp, name: str) -> None:
     assert abs(total - 10_000_000) <= 200_000, total
     assert peak < 64 * 2**20, peak  # bounded: a 10M-token text alone would be ~40 MB of str
     print(f"{name}: 10M tokens in {seconds:.1f} s, peak traced memory {peak / 2**20:.1f} MiB")
+
+
+def test_mixture_interleaves_tasks_round_robin():
+    from memagent_jax.data.mixture import MixtureSource
+
+    class _Listing:
+        def __init__(self, name, n):
+            self.items = [f"{name}{i}" for i in range(n)]
+
+        def __len__(self):
+            return len(self.items)
+
+        def __getitem__(self, i):
+            return self.items[i]
+
+    mix = MixtureSource([_Listing("a", 3), _Listing("b", 5)])
+    assert len(mix) == 6
+    assert [mix[i] for i in range(6)] == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    with pytest.raises(IndexError):
+        mix[6]
+    with pytest.raises(ValueError, match="at least one"):
+        MixtureSource([])
+
+
+def test_digit_needles_are_single_digits():
+    from memagent_jax.data.tasks import make_task
+
+    class _Chars:
+        def encode(self, text, add_bos=False):
+            return [ord(c) for c in text]
+
+    task = make_task("niah_single_digit", _Chars(), 400)
+    for index in range(5):
+        sample = task.sample(index)
+        (answer,) = sample.answers
+        assert len(answer) == 1 and answer.isdigit()
+        assert f"is: {answer}." in sample.document.text()

@@ -21,8 +21,8 @@ from memagent_jax.data.words import VALUE_WORDS, key_by_number, num_keys
 
 __all__ = ["NeedleLines", "NeedleTask", "join_keys", "needle_line"]
 
-VALUE_KINDS = ("numbers", "words", "uuids")
-_SINGULAR = {"numbers": "number", "words": "word", "uuids": "uuid"}
+VALUE_KINDS = ("numbers", "words", "uuids", "digits")
+_SINGULAR = {"numbers": "number", "words": "word", "uuids": "uuid", "digits": "digit"}
 
 
 def needle_line(kind: str, key: str, value: str) -> str:
@@ -37,7 +37,12 @@ def join_keys(keys: list[str]) -> str:
 
 
 def _values(rng: np.random.Generator, kind: str, n: int) -> list[str]:
-    """``n`` distinct values: 7-digit numbers, words, or UUIDs."""
+    """``n`` distinct values: 7-digit numbers, words, UUIDs, or single digits (a toy task a policy can
+    guess 10% of the time, so reinforcement learning alone gets a signal)."""
+    if kind == "digits":
+        if n > 10:
+            raise ValueError(f"at most 10 digit values per sample, asked for {n}")
+        return [str(int(d)) for d in rng.choice(10, size=n, replace=False)]
     if kind == "numbers":
         return [str(1_000_000 + int(v)) for v in rng.choice(9_000_000, size=n, replace=False)]
     if kind == "words":

@@ -9,6 +9,7 @@ from memagent_jax.data.document import TextTokenizer
 from memagent_jax.data.multihop import MultiHopTask
 from memagent_jax.data.niah import NeedleTask
 from memagent_jax.data.synthetic import SyntheticTask
+from memagent_jax.data.toy import CodeTask
 from memagent_jax.data.vt import VariableTrackingTask
 
 __all__ = ["TASKS", "make_task"]
@@ -24,9 +25,13 @@ TASKS: dict[str, Callable[..., SyntheticTask]] = {
     "niah_multikey_needles": functools.partial(NeedleTask, num_keys=4, haystack="needle"),
     "niah_multikey_uuids": functools.partial(NeedleTask, num_keys=4, haystack="needle", value_kind="uuids"),
     "niah_single_words": functools.partial(NeedleTask, value_kind="words"),
+    # Toy: one needle whose value is a single digit (RL from a weak policy gets a 10% chance signal).
+    "niah_single_digit": functools.partial(NeedleTask, value_kind="digits"),
     "vt": functools.partial(VariableTrackingTask),
     "vt_distractors": functools.partial(VariableTrackingTask, num_chains=2),
     "multihop_qa": functools.partial(MultiHopTask),
+    # Toy for learning tests: a repeated "The code is D." line, asked for D.
+    "toy_code": functools.partial(CodeTask),
 }
 
 

@@ -1,0 +1,83 @@
+"""SFT warm start: oracle traces of the memory agent on synthetic tasks.
+
+The ideal memory after chunk k is the answer-bearing lines (the document's spans) read so far, one per
+line, in reading order; before any is found it says so. The final answer is the boxed reward answer. Each
+conversation is assembled with the agent's own prompt templates (token level, like the rollouts), so SFT
+trains exactly the prompts the policy will later see.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from memagent_jax.agent.memory_agent import AgentConfig
+from memagent_jax.agent.prompts import AgentPrompts
+from memagent_jax.data.pipeline import AgentSample
+from memagent_jax.rl.packing import TrainSequence
+from memagent_jax.tokenizer import Tokenizer
+
+EMPTY_MEMORY = "No relevant information found yet."
+_END_OF_TURN = ("<|im_end|>", "<|eot_id|>")
+
+
+def end_of_turn_id(tokenizer: Tokenizer) -> int:
+    """The token that closes an assistant turn in the chat template (what the sampler stops on)."""
+    for token in tokenizer.stop_ids:
+        if tokenizer.decode([token], skip_special=False) in _END_OF_TURN:
+            return token
+    return tokenizer.eos_id
+
+
+def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], tokenizer: Tokenizer,
+                    max_span_tokens: int = 256) -> list[str]:
+    """The ideal memory text after each chunk: spans completed by the end of that chunk, in the order read.
+
+    Each chunk is decoded together with the `max_span_tokens` tokens before it, so a span that crosses a
+    chunk boundary counts once it is complete, in linear time."""
+    found: list[str] = []
+    pending = list(dict.fromkeys(spans))
+    memories = []
+    history: list[int] = []
+    for chunk in chunks:
+        window = history[-max_span_tokens:] + list(chunk)
+        text = tokenizer.decode(window)
+        hits = sorted((text.find(span), span) for span in pending if span in text)
+        for _, span in hits:
+            found.append(span)
+            pending.remove(span)
+        history = window
+        memories.append("\n".join(found) if found else EMPTY_MEMORY)
+    return memories
+
+
+def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentPrompts,
+                     agent: AgentConfig) -> list[TrainSequence]:
+    """The SFT conversations of one sample: a memory update per chunk, then the final answer."""
+    sample = item.sample
+    spans = [span.text for span in sample.document.spans]
+    if not spans:
+        raise ValueError(f"sample {sample.index} of task {sample.task!r} has no answer spans: no oracle memory "
+                         "can be written (SFT needs synthetic tasks or sources that mark their evidence)")
+    question = [int(t) for t in item.question_ids]
+    if len(question) > agent.max_question_tokens:
+        raise ValueError(f"sample {sample.index}: question of {len(question)} tokens exceeds "
+                         f"max_question_tokens={agent.max_question_tokens}")
+    end = end_of_turn_id(tokenizer)
+    chunks = [list(map(int, c)) for c in item.iter_chunks(tokenizer)]
+    sequences = []
+    memory = list(prompts.initial_memory)
+    for chunk, text in zip(chunks, oracle_memories(chunks, spans, tokenizer)):
+        prompt = prompts.memory_update.assemble({"prompt": question, "memory": memory, "chunk": chunk})
+        new_memory = tokenizer.encode(text)
+        if len(new_memory) + 1 > agent.max_memory_tokens:
+            raise ValueError(f"sample {sample.index}: the oracle memory needs {len(new_memory) + 1} tokens, more than "
+                             f"max_memory_tokens={agent.max_memory_tokens}")
+        sequences.append(TrainSequence(prompt + new_memory + [end], len(prompt)))
+        memory = new_memory
+    prompt = prompts.final_answer.assemble({"prompt": question, "memory": memory})
+    answer = tokenizer.encode("\\boxed{" + sample.reward_answer + "}") + [end]
+    if len(answer) > agent.max_answer_tokens:
+        raise ValueError(f"sample {sample.index}: the boxed answer needs {len(answer)} tokens, more than "
+                         f"max_answer_tokens={agent.max_answer_tokens}")
+    sequences.append(TrainSequence(prompt + answer, len(prompt)))
+    return sequences

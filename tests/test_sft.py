@@ -1,0 +1,74 @@
+"""Oracle traces: the ideal memory after each chunk and the boxed answer, in the agent's own prompts."""
+
+import pytest
+
+from memagent_jax.agent.memory_agent import AgentConfig
+from memagent_jax.agent.prompts import AgentPrompts
+from memagent_jax.data.corpus import tokenizer_corpus
+from memagent_jax.data.pipeline import Tokenize
+from memagent_jax.data.tasks import make_task
+from memagent_jax.rl.sft import EMPTY_MEMORY, end_of_turn_id, oracle_memories, oracle_sequences
+from memagent_jax.tokenizer import load_tokenizer, train_sentencepiece
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sp")
+    train_sentencepiece(tokenizer_corpus(1500), folder, vocab_size=512)
+    return load_tokenizer(folder)
+
+
+def test_memories_grow_as_the_evidence_is_read(tokenizer):
+    lines = [f"filler line number {i}.\n" for i in range(12)]
+    lines[3] = "VAR ABCDE = 12345\n"
+    lines[9] = "VAR XYZWV = VAR ABCDE\n"
+    tokens = tokenizer.encode("".join(lines))
+    chunks = [tokens[i : i + 17] for i in range(0, len(tokens), 17)]
+    memories = oracle_memories(chunks, ["VAR ABCDE = 12345", "VAR XYZWV = VAR ABCDE"], tokenizer)
+    assert len(memories) == len(chunks)
+    first_done = next(i for i, m in enumerate(memories) if m != EMPTY_MEMORY)
+    assert memories[first_done] == "VAR ABCDE = 12345"
+    assert memories[-1] == "VAR ABCDE = 12345\nVAR XYZWV = VAR ABCDE"
+    # A span is counted only in the chunk where its last token arrives.
+    text_before = tokenizer.decode([t for c in chunks[:first_done] for t in c])
+    assert "VAR ABCDE = 12345" not in text_before
+
+
+@pytest.mark.parametrize("task_name", ["niah_multikey", "vt", "toy_code"])
+def test_oracle_sequences_use_the_agent_prompts_and_end_the_turn(tokenizer, task_name):
+    agent = AgentConfig(chunk_size=64, max_memory_tokens=96, max_answer_tokens=48, max_question_tokens=64)
+    prompts = AgentPrompts.build(tokenizer)
+    item = Tokenize(tokenizer, agent.chunk_size, 10_000).map(make_task(task_name, tokenizer, 300).sample(3))
+    sequences = oracle_sequences(item, tokenizer, prompts, agent)
+    chunks = [list(c) for c in item.iter_chunks(tokenizer)]
+    assert len(sequences) == len(chunks) + 1
+    end = end_of_turn_id(tokenizer)
+    memory = list(prompts.initial_memory)
+    for seq, chunk in zip(sequences, chunks):
+        prompt = prompts.memory_update.assemble({"prompt": list(item.question_ids), "memory": memory, "chunk": chunk})
+        assert list(seq.tokens[: seq.prompt_len]) == prompt
+        assert seq.tokens[-1] == end
+        memory = list(seq.tokens[seq.prompt_len : -1])
+    final = sequences[-1]
+    assert tokenizer.decode(final.tokens[final.prompt_len : -1]) == "\\boxed{" + item.sample.reward_answer + "}"
+    # The last memory holds every answer-bearing line of the document.
+    for span in item.sample.document.spans:
+        assert span.text in tokenizer.decode(memory)
+
+
+def test_end_of_turn_is_the_chat_marker(tokenizer):
+    assert tokenizer.decode([end_of_turn_id(tokenizer)], skip_special=False) == "<|im_end|>"
+
+
+def test_samples_without_evidence_or_with_long_memories_are_refused(tokenizer):
+    prompts = AgentPrompts.build(tokenizer)
+    item = Tokenize(tokenizer, 64, 10_000).map(make_task("vt", tokenizer, 300).sample(0))
+    with pytest.raises(ValueError, match="max_memory_tokens"):
+        oracle_sequences(item, tokenizer, prompts, AgentConfig(chunk_size=64, max_memory_tokens=4))
+    import dataclasses
+
+    from memagent_jax.data.document import TextDocument
+
+    bare = dataclasses.replace(item, sample=dataclasses.replace(item.sample, document=TextDocument("plain text\n")))
+    with pytest.raises(ValueError, match="no answer spans"):
+        oracle_sequences(bare, tokenizer, prompts, AgentConfig(chunk_size=64))
