@@ -1,12 +1,19 @@
-"""The embedded CPU default: a tiny model and a SentencePiece tokenizer trained on synthetic text.
+"""The embedded CPU default: a tiny model, a SentencePiece tokenizer trained on synthetic text, an SFT warm
+start on oracle memory traces of short synthetic documents, then Multi-Conv GRPO on longer ones.
 
 Runs on a 2-core CPU with no downloads. Override any field on the command line, e.g.
-`--config.model.num_layers=2 --config.generate.max_new_tokens=32`.
+`--config.rl.steps=10 --config.rl.group_size=4 --config.model.num_layers=2`.
 """
 
 import ml_collections
 
 from memagent_jax.configuration import mesh_section, model_section, sharding_section
+
+
+def _optimizer(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({
+        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": "constant", "total_steps": 0,
+        "end_lr_fraction": 0.0, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "grad_clip": 1.0})
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -16,11 +23,40 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = model_section("tiny")
     config.mesh = mesh_section(data=1, fsdp=-1, tensor=1)
     config.sharding = sharding_section()
+    # The engine's layout for rollouts; empty = the training rules (e.g. [["heads", "tensor"], ...] for TP).
+    config.rollout_sharding = ml_collections.ConfigDict({"rules": ()})
 
     config.tokenizer = ml_collections.ConfigDict()
     config.tokenizer.path = ""  # empty: train a SentencePiece model into {workdir}/tokenizer
     config.tokenizer.vocab_size = config.model.vocab_size
     config.tokenizer.corpus_lines = 4000
+
+    config.agent = ml_collections.ConfigDict({
+        "chunk_size": 256, "max_memory_tokens": 48, "max_answer_tokens": 24, "max_question_tokens": 48,
+        "temperature": 1.0, "top_p": 1.0, "top_k": 0})
+    config.engine = ml_collections.ConfigDict({
+        "page_size": 16, "num_pages": 2048, "max_slots": 64, "max_seq_len": 640, "max_prompt_len": 576,
+        "prefill_chunk": 256, "prefill_batch": 8, "decode_steps": 8, "attention_backend": "auto",
+        "prefix_caching": True})
+    # Packed training rows: every conversation is its own segment.
+    config.train = ml_collections.ConfigDict({
+        "row_len": 1024, "rows_per_micro": 4, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256})
+
+    config.sft = ml_collections.ConfigDict({
+        "steps": 200, "batch_size": 16, "mini_batch_size": 16, "num_samples": 100_000,
+        "tasks": ["niah_single", "niah_multikey", "vt"], "lengths": [256, 512, 1024],
+        "optimizer": _optimizer(3e-3, 20)})
+    config.rl = ml_collections.ConfigDict({
+        "steps": 20, "batch_size": 8, "mini_batch_size": 4, "num_samples": 100_000,
+        "tasks": ["niah_single", "niah_multikey", "vt"], "lengths": [1024, 2048, 4096],
+        "group_size": 8, "dynamic_sampling": True, "max_refills": 2,
+        "normalize_std": False, "overlong": "filter", "overlong_penalty": 1.0,
+        "loss": {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",
+                 "aggregation": "token-mean", "tis_cap": 2.0, "entropy_coef": 0.0},
+        "optimizer": _optimizer(1e-4, 2)})
+
+    config.checkpoint = ml_collections.ConfigDict({"every": 10, "keep": 3, "async_save": True})
+    config.metrics = ml_collections.ConfigDict({"tensorboard": True, "jsonl": True, "progress": True})
 
     config.generate = ml_collections.ConfigDict()
     config.generate.prompt = "What is the special magic number for jittery-hospital?"

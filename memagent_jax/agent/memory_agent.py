@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Sequence
 from memagent_jax.agent.chunks import ChunkCache
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.engine.engine import Engine
-from memagent_jax.engine.requests import Completion, Request
+from memagent_jax.engine.requests import Completion, EngineConfig, Request
 from memagent_jax.engine.sampling import SamplingParams
 from memagent_jax.tokenizer import Tokenizer
 
@@ -96,6 +96,20 @@ def _seed(base: int, sample_id: Hashable, rollout: int, turn: int) -> int:
     return zlib.crc32(repr((base, sample_id, rollout, turn)).encode()) & 0xFFFFFFFF
 
 
+def check_fits(prompts: AgentPrompts, cfg: AgentConfig, engine_cfg: EngineConfig) -> None:
+    """Raises ValueError when the longest prompt or conversation of the workflow exceeds the engine's limits."""
+    longest_prompt = (prompts.memory_update.fixed_length() + cfg.max_question_tokens
+                      + max(cfg.max_memory_tokens, len(prompts.initial_memory)) + cfg.chunk_size)
+    if longest_prompt > engine_cfg.max_prompt_len:
+        raise ValueError(
+            f"a memory-update prompt can reach {longest_prompt} tokens (template, question "
+            f"{cfg.max_question_tokens}, memory {cfg.max_memory_tokens}, chunk {cfg.chunk_size}) but the "
+            f"engine's max_prompt_len is {engine_cfg.max_prompt_len}")
+    if longest_prompt + cfg.max_memory_tokens > engine_cfg.max_seq_len:
+        raise ValueError(f"prompt plus memory ({longest_prompt + cfg.max_memory_tokens} tokens) exceeds "
+                         f"the engine's max_seq_len={engine_cfg.max_seq_len}")
+
+
 class MemoryAgent:
     """Runs MemAgent trajectories for batches of samples with G rollouts each on one engine."""
 
@@ -105,20 +119,7 @@ class MemoryAgent:
         self.tokenizer = tokenizer
         self.config = config
         self.prompts = prompts or AgentPrompts.build(tokenizer)
-        self._check_fits()
-
-    def _check_fits(self) -> None:
-        cfg, engine_cfg = self.config, self.engine.config
-        longest_prompt = (self.prompts.memory_update.fixed_length() + cfg.max_question_tokens
-                          + max(cfg.max_memory_tokens, len(self.prompts.initial_memory)) + cfg.chunk_size)
-        if longest_prompt > engine_cfg.max_prompt_len:
-            raise ValueError(
-                f"a memory-update prompt can reach {longest_prompt} tokens (template, question "
-                f"{cfg.max_question_tokens}, memory {cfg.max_memory_tokens}, chunk {cfg.chunk_size}) but the "
-                f"engine's max_prompt_len is {engine_cfg.max_prompt_len}")
-        if longest_prompt + cfg.max_memory_tokens > engine_cfg.max_seq_len:
-            raise ValueError(f"prompt plus memory ({longest_prompt + cfg.max_memory_tokens} tokens) exceeds "
-                             f"the engine's max_seq_len={engine_cfg.max_seq_len}")
+        check_fits(self.prompts, config, engine.config)
 
     def _params(self, max_tokens: int, seed: int) -> SamplingParams:
         cfg = self.config

@@ -13,13 +13,21 @@ QUESTION = "What is the code?"
 
 
 class CodeTask(SyntheticTask):
+    """`digits`: the codes drawn from (e.g. "7" for a task whose answer never changes)."""
+
     answer_mode = "any"
 
+    def __init__(self, tokenizer, target_tokens: int, *, digits: str = "0123456789", **kwargs):
+        if not digits or not digits.isdigit():
+            raise ValueError(f"digits must be a non-empty string of digits, got {digits!r}")
+        self.digits = digits
+        super().__init__(tokenizer, target_tokens, **kwargs)
+
     def default_name(self) -> str:
-        return "toy_code"
+        return "toy_code" if self.digits == "0123456789" else f"toy_code_{self.digits}"
 
     def sample(self, index: int) -> Sample:
-        digit = str(int(self.rng(index).integers(10)))
+        digit = self.digits[int(self.rng(index).integers(len(self.digits)))]
         line = f"The code is {digit}."
         per_line = max(1, len(self.tokenizer.encode(line + "\n")))
         repeats = max(1, round(self.target_tokens / per_line))

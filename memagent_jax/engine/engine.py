@@ -122,6 +122,11 @@ class Engine:
 
     # -- public API -------------------------------------------------------------------------------
 
+    @property
+    def weights(self) -> nnx.State:
+        """The parameters the engine generates with (in its rollout layout)."""
+        return self._state
+
     def update_weights(self, state: nnx.State) -> None:
         """New parameters (e.g. after a training step) for the next requests; same structure and shapes.
 
@@ -139,7 +144,8 @@ class Engine:
         # would recompile every step.
         state = jax.tree.map(lambda new, old: new.astype(old.dtype) if new.dtype != old.dtype else new,
                              state, self._state)
-        self._state = jax.device_put(state, self._shardings)
+        # A copy even when the layouts match: the trainer donates its buffers to the next update.
+        self._state = jax.device_put(state, self._shardings, may_alias=False)
         while self._records:
             _, record = self._records.popitem(last=False)
             self.pool.release(record.pages)

@@ -1,0 +1,121 @@
+"""Config sections of a training run -> the typed settings of each part, with plain-words errors.
+
+Everything here runs before any model is built or compiled, so a wrong value stops the run at once with
+a message naming the config key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, TypeVar
+
+import ml_collections
+
+from memagent_jax.agent.memory_agent import AgentConfig
+from memagent_jax.configuration import ConfigError
+from memagent_jax.data.tasks import TASKS
+from memagent_jax.engine.requests import EngineConfig
+from memagent_jax.rl.experience import ExperienceConfig
+from memagent_jax.rl.grpo import LossConfig
+from memagent_jax.rl.optimizer import OptimizerConfig
+from memagent_jax.rl.policy import BatchShape
+from memagent_jax.rl.trainer import RLConfig
+from memagent_jax.rl.update import UpdateConfig
+
+T = TypeVar("T")
+
+
+def _build(cls: Callable[..., T], section: ml_collections.ConfigDict | dict, name: str, **extra: Any) -> T:
+    fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values = {k: v for k, v in dict(section).items() if k in fields}
+    try:
+        return cls(**values, **extra)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config.{name}: {err}") from err
+
+
+def _none_if_zero(value: float) -> float | None:
+    return None if value in (None, 0, 0.0) else float(value)
+
+
+def agent_config(config: ml_collections.ConfigDict) -> AgentConfig:
+    return _build(AgentConfig, config.agent, "agent", seed=config.seed)
+
+
+def engine_config(config: ml_collections.ConfigDict) -> EngineConfig:
+    return _build(EngineConfig, config.engine, "engine")
+
+
+def batch_shape(config: ml_collections.ConfigDict) -> BatchShape:
+    return _build(BatchShape, config.train, "train")
+
+
+def optimizer_config(phase: ml_collections.ConfigDict, name: str) -> OptimizerConfig:
+    return _build(OptimizerConfig, phase.optimizer, f"{name}.optimizer")
+
+
+def loss_config(rl: ml_collections.ConfigDict) -> LossConfig:
+    loss = dict(rl.loss)
+    # 0 in a config file means "off" for the optional clips (ml_collections fields keep one type).
+    loss["dual_clip"] = _none_if_zero(loss.get("dual_clip"))
+    loss["tis_cap"] = _none_if_zero(loss.get("tis_cap"))
+    return _build(LossConfig, loss, "rl.loss")
+
+
+def update_config(config: ml_collections.ConfigDict, objective: str) -> UpdateConfig:
+    loss = loss_config(config.rl) if objective == "grpo" else LossConfig()
+    return _build(UpdateConfig, config.train, "train", objective=objective, loss=loss,
+                  temperature=config.agent.temperature if objective == "grpo" else 1.0)
+
+
+def rl_config(config: ml_collections.ConfigDict) -> RLConfig:
+    experience = _build(ExperienceConfig, config.rl, "rl")
+    return _build(RLConfig, config.rl, "rl", experience=experience)
+
+
+def check_phase_data(phase: ml_collections.ConfigDict, name: str) -> None:
+    unknown = [t for t in phase.tasks if t not in TASKS]
+    if unknown:
+        raise ConfigError(f"config.{name}.tasks: unknown task(s) {unknown}; known: {sorted(TASKS)}")
+    if not phase.tasks or not phase.lengths:
+        raise ConfigError(f"config.{name}: tasks and lengths must not be empty")
+    if any(int(n) < 1 for n in phase.lengths):
+        raise ConfigError(f"config.{name}.lengths: document lengths must be >= 1 token, got {list(phase.lengths)}")
+    if phase.steps < 0:
+        raise ConfigError(f"config.{name}.steps must be >= 0, got {phase.steps}")
+    if phase.batch_size < 1 or phase.num_samples < phase.batch_size:
+        raise ConfigError(f"config.{name}: need batch_size >= 1 and num_samples >= batch_size, got "
+                          f"{phase.batch_size} and {phase.num_samples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSettings:
+    """All typed settings of a run, built (and so validated) up front."""
+
+    agent: AgentConfig
+    engine: EngineConfig
+    shape: BatchShape
+    sft_optimizer: OptimizerConfig
+    sft_update: UpdateConfig
+    rl_optimizer: OptimizerConfig
+    rl_update: UpdateConfig
+    rl: RLConfig
+
+
+def run_settings(config: ml_collections.ConfigDict) -> RunSettings:
+    for name in ("sft", "rl"):
+        check_phase_data(config[name], name)
+    if config.sft.batch_size % config.sft.mini_batch_size:
+        raise ConfigError(f"config.sft.batch_size={config.sft.batch_size} must be a multiple of "
+                          f"mini_batch_size={config.sft.mini_batch_size}")
+    settings = RunSettings(
+        agent=agent_config(config), engine=engine_config(config), shape=batch_shape(config),
+        sft_optimizer=optimizer_config(config.sft, "sft"), sft_update=update_config(config, "sft"),
+        rl_optimizer=optimizer_config(config.rl, "rl"), rl_update=update_config(config, "grpo"),
+        rl=rl_config(config))
+    longest = max(settings.agent.max_memory_tokens, settings.agent.max_answer_tokens)
+    if settings.engine.max_prompt_len + longest > settings.shape.row_len + 1:
+        raise ConfigError(
+            f"config.train.row_len={settings.shape.row_len} cannot hold the longest conversation: "
+            f"engine.max_prompt_len {settings.engine.max_prompt_len} + {longest} generated tokens")
+    return settings

@@ -1,0 +1,145 @@
+"""Multi-Conv GRPO and SFT steps: data -> (rollouts -> rewards -> advantages | oracle traces) -> updates.
+
+An RL step draws `batch_size` samples, runs G rollouts of the memory agent on each (the engine holds the
+current weights in its own rollout layout), scores the final answers, optionally drops groups whose
+rewards are all equal and draws replacements (DAPO dynamic sampling), turns every conversation into a
+training sequence carrying its trajectory's advantage, and runs `batch_size / mini_batch_size` updates.
+The new weights then go to the engine device-to-device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from typing import Callable, Iterator, Sequence
+
+import jax
+
+from memagent_jax.agent.memory_agent import AgentTask, MemoryAgent
+from memagent_jax.data.pipeline import AgentSample
+from memagent_jax.engine.engine import Engine
+from memagent_jax.rl.experience import ExperienceConfig, Group, rollout_metrics, score_groups, training_sequences
+from memagent_jax.rl.packing import TrainSequence
+from memagent_jax.rl.policy import Policy
+from memagent_jax.rl.sft import oracle_sequences
+
+
+@dataclasses.dataclass(frozen=True)
+class RLConfig:
+    group_size: int = 16  # rollouts per sample (G)
+    batch_size: int = 128  # samples per RL step
+    mini_batch_size: int = 8  # samples per optimizer update: batch_size / mini_batch_size updates per step
+    dynamic_sampling: bool = False  # DAPO: drop groups with all-equal rewards, refill from the data
+    max_refills: int = 4  # extra draws per step at most when dynamic sampling runs short
+    experience: ExperienceConfig = ExperienceConfig()
+
+    def __post_init__(self) -> None:
+        if self.group_size < 1 or self.batch_size < 1 or self.mini_batch_size < 1 or self.max_refills < 0:
+            raise ValueError(f"group_size, batch_size, mini_batch_size must be >= 1 and max_refills >= 0: {self}")
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError(f"batch_size={self.batch_size} must be a multiple of mini_batch_size={self.mini_batch_size}")
+        if self.dynamic_sampling and self.group_size < 2:
+            raise ValueError("dynamic_sampling needs group_size >= 2 (a group of one is always uniform)")
+
+
+def _mini_batches(items: Sequence[list[TrainSequence]], size: int) -> list[list[TrainSequence]]:
+    return [[s for item in items[i : i + size] for s in item] for i in range(0, len(items), size)]
+
+
+class SFTTrainer:
+    """Supervised warm start on oracle traces, through the same packing and update as GRPO."""
+
+    def __init__(self, policy: Policy, agent: MemoryAgent, mini_batch_size: int):
+        if policy.update_config.objective != "sft":
+            raise ValueError("SFTTrainer needs a policy built with UpdateConfig(objective='sft')")
+        self.policy, self.agent, self.mini_batch_size = policy, agent, mini_batch_size
+
+    def step(self, batch: Sequence[AgentSample]) -> dict[str, float]:
+        per_sample = [oracle_sequences(item, self.agent.tokenizer, self.agent.prompts, self.agent.config)
+                      for item in batch]
+        return self.policy.train(_mini_batches(per_sample, self.mini_batch_size))
+
+
+class GRPOTrainer:
+    """Multi-Conv GRPO on the memory agent; `engine` is the agent's engine and receives every new policy."""
+
+    def __init__(self, policy: Policy, agent: MemoryAgent, config: RLConfig, seed: int = 0):
+        if policy.update_config.objective != "grpo":
+            raise ValueError("GRPOTrainer needs a policy built with UpdateConfig(objective='grpo')")
+        self.policy, self.agent, self.config, self.seed = policy, agent, config, seed
+        self.engine: Engine = agent.engine
+
+    def sync_weights(self) -> float:
+        """Trainer layout -> rollout layout on device; returns the seconds it took (a metric)."""
+        start = time.perf_counter()
+        self.engine.update_weights(self.policy.model_state())
+        jax.block_until_ready(self.engine.weights)
+        return time.perf_counter() - start
+
+    def _rollouts(self, batch: Sequence[AgentSample], seed: int, draw: int) -> list[Group]:
+        tokenizer = self.agent.tokenizer
+        tasks = [AgentTask.from_agent_sample(item, tokenizer) for item in batch]
+        # Fresh sampling seeds for every step and refill draw, reproducible from (step seed, draw).
+        self.agent.config = dataclasses.replace(self.agent.config, seed=zlib.crc32(repr((seed, draw)).encode()))
+        trajectories = self.agent.run(tasks, group_size=self.config.group_size)
+        truths = [item.sample.ground_truth for item in batch]
+        return score_groups(trajectories, truths, self.config.group_size, self.config.experience)
+
+    def step(self, next_batch: Callable[[], Sequence[AgentSample]], step: int,
+             seed: int | None = None) -> dict[str, float]:
+        """One RL step; `next_batch()` returns the next `batch_size` samples from the data iterator. The
+        rollouts' sampling seed is `seed`, or derived from (trainer seed, step)."""
+        cfg = self.config
+        seed = zlib.crc32(repr((self.seed, step)).encode()) if seed is None else seed
+        start = time.perf_counter()
+        engine_before = dataclasses.replace(self.engine.stats)
+        groups: list[Group] = []
+        drawn: list[Group] = []
+        dropped = 0
+        for draw in range(1 + (cfg.max_refills if cfg.dynamic_sampling else 0)):
+            new = self._rollouts(next_batch(), seed, draw)
+            drawn.extend(new)
+            if cfg.dynamic_sampling:
+                dropped += sum(g.uniform for g in new)
+                new = [g for g in new if not g.uniform]
+            groups.extend(new)
+            if len(groups) >= cfg.batch_size:
+                break
+        groups = groups[: cfg.batch_size]
+        rollout_seconds = time.perf_counter() - start
+        generated = self.engine.stats.decode_tokens - engine_before.decode_tokens
+        metrics = rollout_metrics(drawn)  # what the policy did, before any filtering
+        metrics.update({
+            "rollout_seconds": rollout_seconds,
+            "rollout_tokens_per_s": generated / rollout_seconds if rollout_seconds > 0 else 0.0,
+            "prefill_tokens": float(self.engine.stats.prefill_tokens - engine_before.prefill_tokens),
+            "groups_trained": float(len(groups)),
+            "groups_dropped_uniform": float(dropped),
+        })
+        # Groups whose rewards are all equal have zero advantage: with dynamic sampling off they still go
+        # through (their KL term), as in plain GRPO.
+        sequences_per_group = []
+        counts = {"dropped_error_conversations": 0.0, "filtered_overlong_trajectories": 0.0}
+        for group in groups:
+            sequences, dropped_counts = training_sequences([group], cfg.experience)
+            sequences_per_group.append(sequences)
+            for key, value in dropped_counts.items():
+                counts[key] += value
+        metrics.update(counts)
+        metrics.update(self.policy.train(_mini_batches(sequences_per_group, cfg.mini_batch_size)))
+        metrics["weight_sync_seconds"] = self.sync_weights()
+        metrics["step_seconds"] = time.perf_counter() - start
+        return metrics
+
+
+def batches_from(iterator: Iterator[Sequence[AgentSample]]) -> Callable[[], Sequence[AgentSample]]:
+    """next_batch for GRPOTrainer.step from a data-pipeline iterator, with a clear error at its end."""
+
+    def next_batch() -> Sequence[AgentSample]:
+        try:
+            return next(iterator)
+        except StopIteration:
+            raise RuntimeError("the training data ran out; raise data.num_epochs or the number of samples") from None
+
+    return next_batch

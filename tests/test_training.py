@@ -1,0 +1,100 @@
+"""A whole run from the config: SFT then GRPO, checkpoints that resume exactly, metrics, HF export."""
+
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from memagent_jax.configuration import ConfigError
+from memagent_jax.data.corpus import tokenizer_corpus
+from memagent_jax.metrics import read_jsonl
+from memagent_jax.model.sharding import DEFAULT_RULES
+from memagent_jax.tokenizer import train_sentencepiece
+
+QUICKSTART = pathlib.Path(__file__).resolve().parent.parent / "configs" / "quickstart.py"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sp")
+    train_sentencepiece(tokenizer_corpus(1500), folder, vocab_size=512)
+    return folder
+
+
+def _config(workdir, tokenizer_dir, **phase_steps):
+    from memagent_jax.configuration import load_config_file
+
+    config = load_config_file(str(QUICKSTART))
+    config.workdir = str(workdir)
+    config.tokenizer.path = str(tokenizer_dir)
+    config.model.update(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                        num_kv_heads=2, head_dim=8, max_position_embeddings=1024)
+    # Training FSDP over the 8 test devices; rollouts on replicated weights (one resharding per step).
+    config.mesh.update(data=1, fsdp=-1, tensor=1)
+    config.rollout_sharding.rules = tuple((name, None) for name, _ in DEFAULT_RULES)
+    config.agent.update(chunk_size=64, max_memory_tokens=12, max_answer_tokens=8, max_question_tokens=40)
+    config.engine.update(num_pages=512, max_slots=16, max_seq_len=512, max_prompt_len=480, prefill_chunk=128)
+    config.train.update(row_len=512, rows_per_micro=8)
+    config.sft.update(steps=phase_steps.get("sft", 2), batch_size=2, mini_batch_size=1, lengths=[100],
+                      tasks=["toy_code"], num_samples=64)
+    config.rl.update(steps=phase_steps.get("rl", 2), batch_size=2, mini_batch_size=1, group_size=2, lengths=[100],
+                     tasks=["toy_code"], num_samples=64, dynamic_sampling=False,
+                     overlong="none")
+    config.checkpoint.update(every=1, keep=2)
+    config.metrics.progress = False
+    return config
+
+
+def _metrics(workdir):
+    return {(row["step"], key): value for row in read_jsonl(pathlib.Path(workdir) / "metrics" / "metrics.jsonl")
+            for key, value in row.items() if key not in ("step", "time")}
+
+
+def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_dir):
+    from memagent_jax.training import TrainingRun
+
+    whole = TrainingRun(_config(tmp_path / "whole", tokenizer_dir)).run()
+    # The same run stopped after one SFT step, then after one RL step, then continued from each checkpoint.
+    for steps in ({"sft": 1, "rl": 0}, {"sft": 2, "rl": 1}, {"sft": 2, "rl": 2}):
+        resumed = TrainingRun(_config(tmp_path / "parts", tokenizer_dir, **steps)).run()
+    expected, got = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
+    for key in [(2, "sft/nll"), (2, "rl/loss"), (2, "rl/reward_mean"), (2, "rl/grad_norm"),
+                (1, "rl/logp_gap_sampler_trainer")]:
+        assert key in expected, sorted(expected)[:20]
+        assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
+    from memagent_jax.model.hf import load_hf_checkpoint
+
+    model_a, _ = load_hf_checkpoint(whole)
+    model_b, _ = load_hf_checkpoint(resumed)
+    for a, b in zip(jax.tree.leaves(model_a), jax.tree.leaves(model_b)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+    assert (whole / "tokenizer.model").is_file()
+    tags = {key for _, key in expected}
+    for tag in ("rl/reward_std", "rl/accuracy", "rl/memory_tokens_mean", "rl/answer_tokens_mean", "rl/clipped",
+                "rl/kl", "rl/entropy", "rl/grad_norm", "rl/rollout_tokens_per_s", "rl/update_tokens_per_s",
+                "rl/padding_fraction", "sft/nll", "rl/weight_sync_seconds"):
+        assert tag in tags, tag
+    assert list((tmp_path / "whole" / "metrics" / "tensorboard").iterdir())
+
+
+@pytest.mark.parametrize("override, message", [
+    (("rl", "loss", "kl_estimator", "k9"), "rl.loss"),
+    (("rl", "group_size", None, 0), "config.rl"),
+    (("train", "row_len", None, 64), "row_len"),
+    (("engine", "max_prompt_len", None, 300), "max_prompt_len"),
+    (("sft", "tasks", None, ["nope"]), "unknown task"),
+    (("rl", "optimizer", "schedule", "weird"), "rl.optimizer"),
+])
+def test_config_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, override, message):
+    from memagent_jax.training import TrainingRun
+
+    config = _config(tmp_path, tokenizer_dir)
+    section, key, sub, value = override
+    if sub is None:
+        config[section][key] = value
+    else:
+        config[section][key][sub] = value
+    with pytest.raises(ConfigError, match=message):
+        TrainingRun(config)
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics").exists()
