@@ -143,6 +143,9 @@ class TrainingRun:
         for step in range(start, section.steps):
             rng, step_key = jax.random.split(rng)
             metrics = step_fn(step, int(jax.random.randint(step_key, (), 0, 2**31 - 1)))
+            if metrics.get("skipped"):
+                logging.warning("%s step %d: %d update(s) skipped for a non-finite loss or gradient; weights and "
+                                "optimizer state kept", phase, step + 1, int(metrics["skipped"]))
             self._flops_metrics(policy, metrics)
             self.writer.write(step + 1, {f"{phase}/{k}": v for k, v in metrics.items()})
             shown = {k: metrics[k] for k in ("nll", "reward_mean", "accuracy", "loss") if k in metrics}
