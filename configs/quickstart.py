@@ -32,10 +32,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.tokenizer.corpus_lines = 4000
 
     config.agent = ml_collections.ConfigDict({
-        "chunk_size": 256, "max_memory_tokens": 48, "max_answer_tokens": 24, "max_question_tokens": 48,
+        "chunk_size": 256, "max_memory_tokens": 96, "max_answer_tokens": 48, "max_question_tokens": 48,
         "temperature": 1.0, "top_p": 1.0, "top_k": 0})
     config.engine = ml_collections.ConfigDict({
-        "page_size": 16, "num_pages": 2048, "max_slots": 64, "max_seq_len": 640, "max_prompt_len": 576,
+        "page_size": 16, "num_pages": 4096, "max_slots": 64, "max_seq_len": 896, "max_prompt_len": 784,
         "prefill_chunk": 256, "prefill_batch": 8, "decode_steps": 8, "attention_backend": "auto",
         "prefix_caching": True})
     # Packed training rows: every conversation is its own segment.
@@ -44,11 +44,11 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.sft = ml_collections.ConfigDict({
         "steps": 200, "batch_size": 16, "mini_batch_size": 16, "num_samples": 100_000,
-        "tasks": ["niah_single", "niah_multikey", "vt"], "lengths": [256, 512, 1024],
+        "tasks": ("niah_single", "niah_multikey", "vt"), "lengths": (256, 512, 1024),
         "optimizer": _optimizer(3e-3, 20)})
     config.rl = ml_collections.ConfigDict({
         "steps": 20, "batch_size": 8, "mini_batch_size": 4, "num_samples": 100_000,
-        "tasks": ["niah_single", "niah_multikey", "vt"], "lengths": [1024, 2048, 4096],
+        "tasks": ("niah_single", "niah_multikey", "vt"), "lengths": (1024, 2048, 4096),
         "group_size": 8, "dynamic_sampling": True, "max_refills": 2,
         "normalize_std": False, "overlong": "filter", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import time
 
 from absl import logging
@@ -14,8 +15,16 @@ from memagent_jax import configuration
 _CONFIG = configuration.define_config_flag()
 
 
+class _QuietOrbax(std_logging.Filter):
+    """Orbax logs every step of every save at INFO; keep its warnings and errors only."""
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
+
+
 def main(argv: list[str]) -> None:
     del argv
+    logging.get_absl_handler().addFilter(_QuietOrbax())
     from memagent_jax.training import TrainingRun  # after flag parsing: --help stays fast
 
     started = time.perf_counter()

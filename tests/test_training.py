@@ -36,10 +36,10 @@ def _config(workdir, tokenizer_dir, **phase_steps):
     config.agent.update(chunk_size=64, max_memory_tokens=12, max_answer_tokens=8, max_question_tokens=40)
     config.engine.update(num_pages=512, max_slots=16, max_seq_len=512, max_prompt_len=480, prefill_chunk=128)
     config.train.update(row_len=512, rows_per_micro=8)
-    config.sft.update(steps=phase_steps.get("sft", 2), batch_size=2, mini_batch_size=1, lengths=[100],
-                      tasks=["toy_code"], num_samples=64)
-    config.rl.update(steps=phase_steps.get("rl", 2), batch_size=2, mini_batch_size=1, group_size=2, lengths=[100],
-                     tasks=["toy_code"], num_samples=64, dynamic_sampling=False,
+    config.sft.update(steps=phase_steps.get("sft", 2), batch_size=2, mini_batch_size=1, lengths=(100,),
+                      tasks=("toy_code",), num_samples=64)
+    config.rl.update(steps=phase_steps.get("rl", 2), batch_size=2, mini_batch_size=1, group_size=2, lengths=(100,),
+                     tasks=("toy_code",), num_samples=64, dynamic_sampling=False,
                      overlong="none")
     config.checkpoint.update(every=1, keep=2)
     config.metrics.progress = False
@@ -83,7 +83,7 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     (("rl", "group_size", None, 0), "config.rl"),
     (("train", "row_len", None, 64), "row_len"),
     (("engine", "max_prompt_len", None, 300), "max_prompt_len"),
-    (("sft", "tasks", None, ["nope"]), "unknown task"),
+    (("sft", "tasks", None, ("nope",)), "unknown task"),
     (("rl", "optimizer", "schedule", "weird"), "rl.optimizer"),
 ])
 def test_config_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, override, message):
