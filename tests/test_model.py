@@ -175,3 +175,22 @@ def test_jit_forward_matches_eager(model):
 def test_bad_token_rank():
     with pytest.raises(ValueError, match=r"tokens must be \[batch, length\]"):
         Transformer(SMALL, rngs=nnx.Rngs(0))(jnp.zeros((4,), jnp.int32))
+
+
+def test_blocked_segment_attention_equals_the_dense_mask():
+    from memagent_jax.model.transformer import causal_segment_mask, dense_attention, segment_attention
+
+    rng = np.random.default_rng(0)
+    batch, length, heads, kv_heads, head_dim = 2, 384, 4, 2, 8
+    q = jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(batch, length, kv_heads, head_dim)), jnp.float32)
+    v = jnp.asarray(rng.normal(size=(batch, length, kv_heads, head_dim)), jnp.float32)
+    # Packed rows: segments crossing block boundaries, then padding.
+    seg = np.zeros((batch, length), np.int32)
+    seg[0, :100], seg[0, 100:300], seg[0, 300:350] = 1, 2, 3
+    seg[1, :384] = 1
+    seg = jnp.asarray(seg)
+    blocked = segment_attention(q, k, v, seg, block=128)
+    dense = dense_attention(q, k, v, causal_segment_mask(seg))
+    real = np.asarray(seg > 0)
+    np.testing.assert_allclose(np.asarray(blocked)[real], np.asarray(dense)[real], rtol=1e-5, atol=1e-6)
