@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     "numpy>=2.0,<3",
     # pyarrow: MemAgent's training data is Parquet (data/parquet.py reader, data/writers.py writer).
     "pyarrow==26.0.1",
+    # matplotlib: evaluation.plot_accuracy draws the accuracy-by-length PNG (Agg, headless).
+    "matplotlib==3.11.2",
 ]
 
 TEST_REQUIRES = [

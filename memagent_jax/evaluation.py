@@ -1,0 +1,372 @@
+"""Held-out evaluation of trained checkpoints: accuracy by task and document length.
+
+For each checkpoint folder (HF layout with its tokenizer) one engine is built and reused for every
+(task, length) cell, so its steps compile once per checkpoint. Each cell runs `samples_per_cell` fresh
+synthetic samples through the memory agent (greedy by default, so the table is deterministic) and scores
+the final answers two ways:
+
+- accuracy: the training reward (`boxed_reward` against `sample.ground_truth`), i.e. what RL optimised;
+- string_match: RULER's metric on the extracted answer against `sample.answers` (string_match_all for
+  answer_mode "all", as in the default tasks; string_match_part for "any", where answers are alternatives).
+
+Checkpoints of one architecture share that engine (new weights, same compiled steps), so comparing SFT
+with SFT+GRPO compiles once. Documents are streamed chunk by chunk (`document.iter_tokens`), so a
+1M-token cell never holds a whole document in memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import time
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from flax import nnx
+
+from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory
+from memagent_jax.agent.prompts import AgentPrompts
+from memagent_jax.agent.verify import boxed_reward, extract_answer, extract_last_boxed, string_match_all_single, \
+    string_match_part_single
+from memagent_jax.data.document import Sample
+from memagent_jax.data.synthetic import MAX_TARGET_TOKENS, SyntheticSource
+from memagent_jax.data.tasks import TASKS, make_task
+from memagent_jax.engine.engine import Engine
+from memagent_jax.engine.requests import EngineConfig
+from memagent_jax.model.config import ModelConfig
+from memagent_jax.model.hf import load_hf_checkpoint
+from memagent_jax.model.transformer import Transformer
+from memagent_jax.tokenizer import load_tokenizer
+
+__all__ = ["EvalConfig", "LONG_LENGTHS", "evaluate_checkpoint", "evaluate_checkpoints", "format_table",
+           "length_label", "plot_accuracy", "read_results", "score_trajectories", "write_results"]
+
+# Training draws its samples with seeds config.seed * 1000 + 1 (SFT) and + 2 (RL); see training.phase_data.
+TRAINING_SEED_OFFSETS = (1, 2)
+LONG_LENGTHS = (262_144, 1_048_576)  # what --long adds: far beyond the lengths seen in training
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    tasks: tuple[str, ...] = ("niah_single", "vt")
+    lengths: tuple[int, ...] = (1024, 4096, 16384, 65536)
+    samples_per_cell: int = 16  # samples per (task, length)
+    # Task-generator seed; 7 = training seed 0 * 1000 + 7, never one of training's generator seeds.
+    seed: int = 7
+    # Agent sizes: the quickstart config's, i.e. what the project's models are trained with.
+    chunk_size: int = 256
+    max_memory_tokens: int = 96
+    max_answer_tokens: int = 48
+    max_question_tokens: int = 48
+    temperature: float = 0.0  # greedy: the same checkpoint always gives the same table
+    batch: int = 8  # documents run at once through the engine (its decode slots)
+    engine: EngineConfig | None = None  # None: sized from the agent sizes and `batch` (engine_config())
+
+    def __post_init__(self) -> None:
+        # Lists from JSON or the command line become tuples, so configs stay hashable and comparable.
+        object.__setattr__(self, "tasks", tuple(self.tasks))
+        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
+        errors = []
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            errors.append(f"unknown task(s) {unknown}; known: {sorted(TASKS)}")
+        if not self.tasks or not self.lengths:
+            errors.append("tasks and lengths must not be empty")
+        bad = [n for n in self.lengths if not 0 < n <= MAX_TARGET_TOKENS]
+        if bad:
+            errors.append(f"lengths must be in (0, {MAX_TARGET_TOKENS}], got {bad}")
+        for name in ("samples_per_cell", "chunk_size", "max_memory_tokens", "max_answer_tokens",
+                     "max_question_tokens", "batch"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0 or self.seed % 1000 in TRAINING_SEED_OFFSETS:
+            # Such a seed is some training run's generator seed: its samples would not be held out.
+            errors.append(f"seed {self.seed} is not a held-out seed (training uses seed*1000 + 1 and + 2); "
+                          f"use e.g. training seed * 1000 + 7")
+        if errors:
+            raise ValueError("invalid EvalConfig: " + "; ".join(errors))
+
+    def agent_config(self) -> AgentConfig:
+        return AgentConfig(chunk_size=self.chunk_size, max_memory_tokens=self.max_memory_tokens,
+                           max_answer_tokens=self.max_answer_tokens, max_question_tokens=self.max_question_tokens,
+                           temperature=self.temperature, seed=self.seed)
+
+    def engine_config(self, prompts: AgentPrompts, page_size: int = 16) -> EngineConfig:
+        """`engine` if given, else the smallest engine that fits the longest prompt plus its generation
+        for `batch` sequences at once (twice the pages, so prompt records can stay cached)."""
+        if self.engine is not None:
+            return self.engine
+        longest = (prompts.memory_update.fixed_length() + self.max_question_tokens
+                   + max(self.max_memory_tokens, len(prompts.initial_memory)) + self.chunk_size)
+        generated = max(self.max_memory_tokens, self.max_answer_tokens)
+        max_seq_len = -(-(longest + generated) // page_size) * page_size
+        pages = max_seq_len // page_size
+        return EngineConfig(page_size=page_size, num_pages=2 * self.batch * pages + 2, max_slots=self.batch,
+                            max_seq_len=max_seq_len, max_prompt_len=longest,
+                            # A power of two: prefill pieces are padded to powers of two, so no odd extra shape.
+                            prefill_chunk=max(page_size, min(512, 1 << (max_seq_len.bit_length() - 1))),
+                            prefill_batch=min(8, self.batch))
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists: what JSON holds
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "EvalConfig":
+        values = dict(values)
+        if values.get("engine") is not None:
+            values["engine"] = EngineConfig(**values["engine"])
+        return cls(**values)
+
+
+def length_label(n: int) -> str:
+    """1024 -> '1K', 1048576 -> '1M', 1500 -> '1500': short labels for tables and plot ticks."""
+    for size, suffix in ((2**20, "M"), (2**10, "K")):
+        if n >= size and n % size == 0:
+            return f"{n // size}{suffix}"
+    return str(n)
+
+
+# ---- scoring ------------------------------------------------------------------------------------
+
+
+def score_trajectories(trajectories: Sequence[Trajectory], samples: Sequence[Sample],
+                       stop_ids: Sequence[int] = ()) -> dict[str, Any]:
+    """Per-sample scores of finished trajectories (one per sample, same order) and their cell totals.
+
+    A trajectory that failed in the engine scores 0 on both metrics and is counted in `errors`."""
+    if len(trajectories) != len(samples):
+        raise ValueError(f"{len(trajectories)} trajectories for {len(samples)} samples")
+    stops = set(stop_ids)
+    rewards, matches, memory_lengths = [], [], []
+    boxed = errors = 0
+    for trajectory, sample in zip(trajectories, samples):
+        if trajectory.error is not None:
+            errors += 1
+            rewards.append(0.0)
+            matches.append(0.0)
+        else:
+            rewards.append(boxed_reward(trajectory.answer, sample.ground_truth))
+            match = string_match_all_single if sample.answer_mode == "all" else string_match_part_single
+            matches.append(match(extract_answer(trajectory.answer), list(sample.answers)))
+            boxed += extract_last_boxed(trajectory.answer) is not None
+        memory_lengths += [sum(t not in stops for t in c.response) for c in trajectory.conversations
+                           if c.kind == "memory"]
+    n = len(samples)
+    return {
+        "samples": n,
+        "correct": int(sum(rewards)),
+        "errors": errors,
+        "boxed": boxed,  # answers with a box at all: tells "wrong" from "did not follow the format"
+        "accuracy": sum(rewards) / n if n else 0.0,
+        "string_match": sum(matches) / n if n else 0.0,
+        "mean_memory_tokens": sum(memory_lengths) / len(memory_lengths) if memory_lengths else 0.0,
+        "mean_chunks": sum(t.num_chunks for t in trajectories) / n if n else 0.0,
+    }
+
+
+def _merge_scores(parts: list[dict[str, Any]], chunk_counts: list[int]) -> dict[str, Any]:
+    """Cell totals from per-batch scores (weighted by samples, memory lengths by memory updates)."""
+    n = sum(p["samples"] for p in parts)
+    updates = sum(chunk_counts)
+    return {
+        "samples": n,
+        "correct": sum(p["correct"] for p in parts),
+        "errors": sum(p["errors"] for p in parts),
+        "boxed": sum(p["boxed"] for p in parts),
+        "accuracy": sum(p["accuracy"] * p["samples"] for p in parts) / n,
+        "string_match": sum(p["string_match"] * p["samples"] for p in parts) / n,
+        "mean_memory_tokens": (sum(p["mean_memory_tokens"] * c for p, c in zip(parts, chunk_counts)) / updates
+                               if updates else 0.0),
+        "mean_chunks": updates / n,
+    }
+
+
+# ---- running ------------------------------------------------------------------------------------
+
+
+class _Counted:
+    """Streams a document's token chunks and counts them (the real length, not the generator's target)."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    def wrap(self, chunks: Iterator[list[int]]) -> Iterator[list[int]]:
+        for chunk in chunks:
+            self.tokens += len(chunk)
+            yield chunk
+
+
+def evaluate_checkpoint(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
+                        on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Runs every (task, length) cell of `cfg` on one checkpoint; `on_progress(cell)` after each cell.
+
+    Returns {"checkpoint": path, "engine": engine settings, "compilations": engine step compilations,
+    "cells": [cell, ...]} with cells in (task, length) order; a cell holds task, length, the scores of
+    `score_trajectories`, document/generated token counts, seconds and tokens_per_s (document tokens read
+    per second, compilation included: the first cells of a fresh engine pay for its compilations)."""
+    return _evaluate(checkpoint_dir, cfg, on_progress)[0]
+
+
+def evaluate_checkpoints(named: Mapping[str, str | os.PathLike], cfg: EvalConfig,
+                         on_progress: Callable[[str, dict[str, Any]], None] | None = None) -> dict[str, dict]:
+    """`evaluate_checkpoint` for each name -> folder (in order); `on_progress(name, cell)` after each cell.
+
+    Every folder is checked before the first model loads, so a typo fails at once, not after hours.
+    Checkpoints of the same architecture (e.g. SFT and SFT+GRPO) share one engine: the next one's weights
+    replace the last one's, so the engine's steps compile once for the whole comparison."""
+    missing = [str(path) for path in named.values() if not pathlib.Path(path).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint folder {missing[0]} does not exist")
+    results, engine = {}, None
+    for name, path in named.items():
+        report = None if on_progress is None else (lambda cell, name=name: on_progress(name, cell))
+        results[name], engine = _evaluate(path, cfg, report, engine)
+    return results
+
+
+def _engine_for(model: Transformer, model_cfg: ModelConfig, engine_cfg: EngineConfig,
+                previous: Engine | None) -> Engine:
+    """`previous` with `model`'s weights when architecture and settings match (no new compilations; the
+    engine drops its cached prompts), else a new engine."""
+    if previous is not None and previous.model_config == model_cfg and previous.config == engine_cfg:
+        previous.update_weights(nnx.split(model)[1])
+        return previous
+    return Engine(model, engine_cfg)
+
+
+def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
+              on_progress: Callable[[dict[str, Any]], None] | None,
+              previous: Engine | None = None) -> tuple[dict[str, Any], Engine]:
+    checkpoint = pathlib.Path(checkpoint_dir)
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
+    tokenizer = load_tokenizer(checkpoint)
+    model, model_cfg = load_hf_checkpoint(checkpoint)
+    prompts = AgentPrompts.build(tokenizer)
+    engine_cfg = cfg.engine_config(prompts)
+    if engine_cfg.max_seq_len > model_cfg.max_position_embeddings:
+        raise ValueError(f"chunk, memory, question and answer sizes need {engine_cfg.max_seq_len} positions but "
+                         f"{checkpoint} has max_position_embeddings={model_cfg.max_position_embeddings}: "
+                         f"lower chunk_size or max_memory_tokens")
+    engine = _engine_for(model, model_cfg, engine_cfg, previous)  # one engine for all cells
+    del model  # the engine holds its own copy of the weights
+    compiled_before = sum(engine.stats.compilations.values())
+    agent = MemoryAgent(engine, tokenizer, cfg.agent_config(), prompts)
+    stop_ids = tuple(tokenizer.stop_ids)
+
+    cells = []
+    for task_name in cfg.tasks:
+        for length in cfg.lengths:
+            task = make_task(task_name, tokenizer, length, seed=cfg.seed)
+            source = SyntheticSource(task, cfg.samples_per_cell)
+            counter = _Counted()
+            parts, chunk_counts = [], []
+            generated = 0
+            started = time.perf_counter()
+            for first in range(0, len(source), cfg.batch):
+                samples = [source[i] for i in range(first, min(first + cfg.batch, len(source)))]
+                tasks = [AgentTask((task_name, length, s.index), s.question,
+                                   # Default argument binds this sample's document (not the loop's last).
+                                   lambda doc=s.document: counter.wrap(doc.iter_tokens(tokenizer, cfg.chunk_size)),
+                                   answers=tuple(s.answers))
+                         for s in samples]
+                trajectories = agent.run(tasks, group_size=1, keep_prompts=False)
+                parts.append(score_trajectories(trajectories, samples, stop_ids))
+                chunk_counts.append(sum(t.num_chunks for t in trajectories))
+                generated += sum(len(c.response) for t in trajectories for c in t.conversations)
+            seconds = time.perf_counter() - started
+            cell = {"task": task_name, "length": length, **_merge_scores(parts, chunk_counts),
+                    "document_tokens": counter.tokens, "generated_tokens": generated, "seconds": seconds,
+                    "tokens_per_s": counter.tokens / seconds if seconds > 0 else 0.0}
+            cells.append(cell)
+            if on_progress is not None:
+                on_progress(cell)
+    compilations = sum(engine.stats.compilations.values()) - compiled_before
+    return ({"checkpoint": str(checkpoint), "engine": dataclasses.asdict(engine_cfg), "compilations": compilations,
+             "cells": cells}, engine)
+
+
+# ---- reporting ----------------------------------------------------------------------------------
+
+
+def _cell(results: Mapping[str, Any], task: str, length: int) -> Mapping[str, Any] | None:
+    for cell in results["cells"]:
+        if cell["task"] == task and cell["length"] == length:
+            return cell
+    return None
+
+
+def format_table(results_by_name: Mapping[str, Mapping[str, Any]], cfg: EvalConfig) -> str:
+    """Markdown: one row per (task, length) plus a mean row per task, one accuracy column per checkpoint."""
+    names = list(results_by_name)
+    lines = ["| task | length | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+
+    def pct(value: float | None) -> str:
+        return "–" if value is None else f"{100 * value:.1f}%"
+
+    for task in cfg.tasks:
+        per_name: dict[str, list[float]] = {name: [] for name in names}
+        for length in cfg.lengths:
+            row = []
+            for name in names:
+                cell = _cell(results_by_name[name], task, length)
+                if cell is not None:
+                    per_name[name].append(cell["accuracy"])
+                row.append(pct(None if cell is None else cell["accuracy"]))
+            lines.append(f"| {task} | {length_label(length)} | " + " | ".join(row) + " |")
+        # Cells hold equal sample counts, so the mean of cell accuracies is the task's sample accuracy.
+        means = [pct(sum(v) / len(v) if v else None) for v in per_name.values()]
+        lines.append(f"| **{task}** | **mean** | " + " | ".join(f"**{m}**" for m in means) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(results_by_name: Mapping[str, Mapping[str, Any]], cfg: EvalConfig,
+                  path: str | os.PathLike) -> pathlib.Path:
+    """PNG of accuracy against document length (log2 axis), one line per (checkpoint, task)."""
+    # Imported here, and without pyplot: no global figure state, no GUI backend, Agg renders the file.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    styles = ["-", "--", ":", "-."]
+    for i, (name, results) in enumerate(results_by_name.items()):
+        for j, task in enumerate(cfg.tasks):
+            points = [(n, c["accuracy"]) for n in cfg.lengths if (c := _cell(results, task, n)) is not None]
+            if points:
+                xs, ys = zip(*points)
+                # Colour per checkpoint, line style per task: comparisons across checkpoints stand out.
+                ax.plot(xs, ys, styles[j % len(styles)], marker="o", color=f"C{i}", label=f"{name} · {task}")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(list(cfg.lengths), [length_label(n) for n in cfg.lengths])
+    ax.minorticks_off()
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("document length (tokens)")
+    ax.set_ylabel("accuracy (boxed reward)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = pathlib.Path(path)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def write_results(results_by_name: Mapping[str, Mapping[str, Any]], cfg: EvalConfig,
+                  out_dir: str | os.PathLike) -> dict[str, pathlib.Path]:
+    """results.json (config and every cell), table.md and accuracy.png in `out_dir`."""
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "results.json", "table": out / "table.md", "plot": out / "accuracy.png"}
+    payload = {"config": cfg.to_dict(), "checkpoints": dict(results_by_name)}
+    paths["json"].write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    paths["table"].write_text(format_table(results_by_name, cfg))
+    plot_accuracy(results_by_name, cfg, paths["plot"])
+    return paths
+
+
+def read_results(out_dir: str | os.PathLike) -> tuple[dict[str, dict], EvalConfig]:
+    """The results and config that write_results stored (e.g. to redraw or merge tables later)."""
+    payload = json.loads((pathlib.Path(out_dir) / "results.json").read_text())
+    return payload["checkpoints"], EvalConfig.from_dict(payload["config"])
