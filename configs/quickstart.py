@@ -40,7 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
         "prefix_caching": True})
     # Packed training rows: every conversation is its own segment.
     config.train = ml_collections.ConfigDict({
-        "row_len": 1024, "rows_per_micro": 4, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256})
+        "row_len": 1024, "rows_per_micro": 4, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256,
+        "remat": False})
 
     config.sft = ml_collections.ConfigDict({
         "steps": 200, "batch_size": 16, "mini_batch_size": 16, "num_samples": 100_000,
@@ -54,6 +55,12 @@ def get_config() -> ml_collections.ConfigDict:
         "loss": {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",
                  "aggregation": "token-mean", "tis_cap": 2.0, "entropy_coef": 0.0},
         "optimizer": _optimizer(1e-4, 2)})
+
+    # Held-out needle and variable-tracking samples by length, SFT-only beside SFT+GRPO (greedy decoding);
+    # `long` adds 256K and 1M tokens. Results in {workdir}/eval (table.md, accuracy.png, results.json).
+    config.eval = ml_collections.ConfigDict({
+        "enabled": True, "tasks": ("niah_single", "vt"), "lengths": (1024, 4096, 16384, 65536), "long": False,
+        "samples_per_cell": 16, "batch": 16})
 
     config.checkpoint = ml_collections.ConfigDict({"every": 10, "keep": 3, "async_save": True})
     config.metrics = ml_collections.ConfigDict({"tensorboard": True, "jsonl": True, "progress": True})

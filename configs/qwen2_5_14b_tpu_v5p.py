@@ -87,7 +87,8 @@ def get_config() -> ml_collections.ConfigDict:
     # A packed row holds the longest conversation (prompt 7,680 + 1,024 generated); 8,704 is a multiple of
     # the attention's 128-token query blocks. One row per FSDP group per micro-batch.
     config.train = ml_collections.ConfigDict({
-        "row_len": 8704, "rows_per_micro": 4, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256})
+        "row_len": 8704, "rows_per_micro": 4, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256,
+        "remat": True})
 
     # Instruct models go straight to RL in the paper: no SFT warm start (the section stays for overrides).
     # Data: synthetic HotpotQA-shaped multi-hop QA over ~28K-token documents (up to 8 chunks per sample, as

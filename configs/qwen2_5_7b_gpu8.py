@@ -20,8 +20,8 @@ Memory per device (memagent_jax.memory_budget; tests/test_real_configs.py prints
 AdamW moments, KL reference, gradients and the engine's weights take 15.2 GB, the KV pages 30.1 GB. The
 activations of one 8,704-token row are the open problem: the current training step keeps every layer's
 intermediates, attention probabilities included, about 87 GB per device (estimate), so this config does
-NOT fit an 80 GB GPU until decoder layers are rematerialised (jax.checkpoint per layer: ~5 GB, total
-~50 GB of 80).
+not fit an 80 GB GPU without rematerialisation; `train.remat=True` (jax.checkpoint per decoder layer)
+brings them to ~5 GB, ~50 GB in total of 80.
 """
 
 import ml_collections
@@ -84,7 +84,8 @@ def get_config() -> ml_collections.ConfigDict:
     # A packed row holds the longest conversation (prompt 7,680 + 1,024 generated); 8,704 is a multiple of
     # the attention's 128-token query blocks. One row per FSDP group per micro-batch.
     config.train = ml_collections.ConfigDict({
-        "row_len": 8704, "rows_per_micro": 2, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256})
+        "row_len": 8704, "rows_per_micro": 2, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256,
+        "remat": True})
 
     # Instruct models go straight to RL in the paper: no SFT warm start (the section stays for overrides).
     # Data: synthetic HotpotQA-shaped multi-hop QA over ~28K-token documents (up to 8 chunks per sample, as

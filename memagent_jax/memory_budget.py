@@ -142,7 +142,7 @@ def activation_bytes(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *, row
     recomputed in the backward pass (rl.logprobs checkpoints each piece): LM_HEAD_F32_ARRAYS float32
     [r, piece_len, V] arrays.
 
-    `remat_layers=True` models decoder layers under jax.checkpoint (the current model does not do this):
+    `remat_layers=True` models decoder layers under jax.checkpoint (UpdateConfig.remat / config.train.remat):
     each layer keeps only its input, and one layer's full set above exists while it is recomputed.
     """
     c = model_cfg.compute_dtype.itemsize

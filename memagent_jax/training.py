@@ -76,6 +76,7 @@ class TrainingRun:
             check_fits(self.prompts, self.settings.agent, self.settings.engine)
         except ValueError as err:
             raise configuration.ConfigError(f"config.agent / config.engine: {err}") from err
+        self.eval_config = self._eval_config()
         model, self.mesh = build_model(config)
         self.rules = configuration.build_rules(config.sharding)
         rollout_rules = configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules else self.rules
@@ -167,6 +168,38 @@ class TrainingRun:
         next_batch = batches_from(data)
         return lambda step, seed: trainer.step(next_batch, step, seed=seed)
 
+    def _eval_config(self) -> Any:
+        from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig
+
+        section, agent = self.config.eval, self.settings.agent
+        lengths = tuple(section.lengths) + (LONG_LENGTHS if section.long else ())
+        try:
+            return EvalConfig(tasks=tuple(section.tasks), lengths=lengths, samples_per_cell=section.samples_per_cell,
+                              seed=self.config.seed * 1000 + 7, chunk_size=agent.chunk_size,
+                              max_memory_tokens=agent.max_memory_tokens, max_answer_tokens=agent.max_answer_tokens,
+                              max_question_tokens=agent.max_question_tokens, batch=section.batch)
+        except ValueError as err:
+            raise configuration.ConfigError(f"config.eval: {err}") from err
+
+    def evaluate(self) -> str | None:
+        """SFT-only and SFT+GRPO side by side on held-out samples by length (config.eval); returns the table."""
+        from memagent_jax.evaluation import evaluate_checkpoints, format_table, write_results
+
+        if not self.config.eval.enabled or not self.is_main:
+            return None
+        cfg = self.eval_config
+        named = {name: self.workdir / folder for name, folder in (("SFT", "export_sft"), ("SFT+GRPO", "export"))
+                 if (self.workdir / folder).is_dir()}
+        progress = ProgressBar(len(named) * len(cfg.tasks) * len(cfg.lengths), "eval",
+                               enabled=self.config.metrics.progress)
+        results = evaluate_checkpoints(named, cfg, on_progress=lambda name, cell: progress.update(
+            1, last=f"{name} {cell['task']} {cell['length']}: {cell['accuracy']:.2f}"))
+        progress.close()
+        write_results(results, cfg, self.workdir / "eval")
+        self.writer.write(self.config.rl.steps, {f"eval/{name}/{cell['task']}/{cell['length']}": cell["accuracy"]
+                                                 for name, result in results.items() for cell in result["cells"]})
+        return format_table(results, cfg)
+
     def run(self) -> pathlib.Path:
         """All phases, then the export; returns the exported checkpoint folder."""
         # A run whose RL phase has started resumes there: the SFT phase is already in its weights.
@@ -176,5 +209,12 @@ class TrainingRun:
             if phase == "sft" and rl_started:
                 continue
             self.run_phase(phase)
+            if phase == "sft" and self.is_main:
+                # The SFT-only policy, kept so evaluations can set it beside SFT+GRPO.
+                export_model(self.model(), self.tokenizer_dir, self.workdir / "export_sft")
+        exported = export_model(self.model(), self.tokenizer_dir, self.workdir / "export")
+        table = self.evaluate()
+        if table:
+            print(table)
         self.writer.close()
-        return export_model(self.model(), self.tokenizer_dir, self.workdir / "export")
+        return exported

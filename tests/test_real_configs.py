@@ -42,7 +42,7 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, t
     return out
 
 
-def _budget(config: ml_collections.ConfigDict, mesh, *, remat_layers: bool = False) -> memory_budget.Budget:
+def _budget(config: ml_collections.ConfigDict, mesh, *, remat_layers: bool | None = None) -> memory_budget.Budget:
     settings = run_settings(config)
     rules = configuration.build_rules(config.sharding)
     rollout = configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules else None
@@ -51,7 +51,8 @@ def _budget(config: ml_collections.ConfigDict, mesh, *, remat_layers: bool = Fal
         optimizer=make_optimizer(settings.rl_optimizer), kv_pages=settings.engine.num_pages,
         page_size=settings.engine.page_size, rollout_rules=rollout, row_len=settings.shape.row_len,
         rows_per_micro=settings.shape.rows_per_micro, piece_len=settings.rl_update.piece_len,
-        reference=settings.rl_update.uses_reference, remat_layers=remat_layers)
+        reference=settings.rl_update.uses_reference,
+        remat_layers=settings.rl_update.remat if remat_layers is None else remat_layers)
 
 
 def _mesh_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -86,29 +87,31 @@ def test_real_config_is_valid_with_the_papers_settings(path):
     assert settings.shape.rows_per_micro % data_parallel == 0
 
 
-def test_7b_on_8_gpus_fits_an_h100_once_layers_are_rematerialised():
+def test_7b_on_8_gpus_fits_an_h100_with_per_layer_remat():
     config = configuration.load_config_file(str(GPU8))
     assert config.model.preset == "qwen2.5-7b" and math.prod(_mesh_sizes(config)) == 8
     mesh = sharding.make_mesh(configuration.mesh_shape(config.mesh))  # the 8 fake CPU devices
     device = DEVICE_MEMORY_BYTES["H100"]
-    current, remat = _budget(config, mesh), _budget(config, mesh, remat_layers=True)
+    assert config.train.remat  # the configs train with per-layer rematerialisation
+    current, remat = _budget(config, mesh, remat_layers=False), _budget(config, mesh)
     print("\nQwen2.5-7B, 8 x H100, mesh", dict(mesh.shape), "\n" + format_budget(current, device))
     print("with per-layer remat\n" + format_budget(remat, device))
     # An abstract mesh of the same shape gives the same numbers (the TPU test relies on it).
-    assert _budget(config, AbstractMesh(_mesh_sizes(config), sharding.MESH_AXES)) == current
+    assert _budget(config, AbstractMesh(_mesh_sizes(config), sharding.MESH_AXES)) == remat
     check_fits(remat, device)
-    # Pinned gap: without per-layer rematerialisation one 8.7K-token row's activations alone exceed the GPU.
+    # Why remat is on: without it one 8.7K-token row's activations alone exceed the GPU.
     with pytest.raises(ValueError, match="activations"):
         check_fits(current, device)
     assert current.activations > device
 
 
-def test_14b_on_tpu_v5p_64_fits_a_chip_once_layers_are_rematerialised():
+def test_14b_on_tpu_v5p_64_fits_a_chip_with_per_layer_remat():
     config = configuration.load_config_file(str(TPU_V5P))
     assert config.model.preset == "qwen2.5-14b" and math.prod(_mesh_sizes(config)) == V5P_64_DEVICES
     mesh = AbstractMesh(_mesh_sizes(config), sharding.MESH_AXES)
     device = DEVICE_MEMORY_BYTES["TPU v5p"]
-    current, remat = _budget(config, mesh), _budget(config, mesh, remat_layers=True)
+    assert config.train.remat  # the configs train with per-layer rematerialisation
+    current, remat = _budget(config, mesh, remat_layers=False), _budget(config, mesh)
     print("\nQwen2.5-14B, TPU v5p-64 (32 chips), mesh", dict(mesh.shape), "\n" + format_budget(current, device))
     print("with per-layer remat\n" + format_budget(remat, device))
     model_cfg = configuration.build_model_config(config.model)

@@ -41,6 +41,7 @@ def _config(workdir, tokenizer_dir, **phase_steps):
     config.rl.update(steps=phase_steps.get("rl", 2), batch_size=2, mini_batch_size=1, group_size=2, lengths=(100,),
                      tasks=("toy_code",), num_samples=64, dynamic_sampling=False,
                      overlong="none")
+    config.eval.update(enabled=False, tasks=("toy_code",), lengths=(128,), samples_per_cell=2, batch=2)
     config.checkpoint.update(every=1, keep=2)
     config.metrics.progress = False
     return config
@@ -54,7 +55,12 @@ def _metrics(workdir):
 def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_dir):
     from memagent_jax.training import TrainingRun
 
-    whole = TrainingRun(_config(tmp_path / "whole", tokenizer_dir)).run()
+    config = _config(tmp_path / "whole", tokenizer_dir)
+    config.eval.enabled = True
+    whole = TrainingRun(config).run()
+    table = (tmp_path / "whole" / "eval" / "table.md").read_text()
+    assert "| SFT | SFT+GRPO |" in table  # SFT-only and SFT+GRPO side by side
+    assert (tmp_path / "whole" / "eval" / "accuracy.png").is_file()
     # The same run stopped after one SFT step, then after one RL step, then continued from each checkpoint.
     for steps in ({"sft": 1, "rl": 0}, {"sft": 2, "rl": 1}, {"sft": 2, "rl": 2}):
         resumed = TrainingRun(_config(tmp_path / "parts", tokenizer_dir, **steps)).run()

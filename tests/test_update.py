@@ -178,3 +178,17 @@ def test_fsdp_sharded_policy_step_equals_the_single_device_one(model_state):
         assert m.sharding == p.sharding
     assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-4, abs=1e-6)
     assert m1["padding_fraction"] == m2["padding_fraction"] and 0 < m1["padding_fraction"] < 1
+
+
+def test_remat_gives_the_same_step(model_state):
+    graphdef, state, ref_state = model_state
+    seqs = _sequences(5)
+    optimizer = optax.sgd(1.0)
+    results = []
+    for remat in (False, True):
+        cfg = UpdateConfig(loss=grpo.LossConfig(kl_coef=0.0), max_segments=4, remat=remat)
+        batch = _batch(graphdef, state, ref_state, seqs, cfg, 2)
+        new, _, _ = make_update_fn(graphdef, optimizer, cfg)(_copy(state), optimizer.init(state), batch)
+        results.append(new)
+    for a, b in zip(*(jax.tree.leaves(r) for r in results)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

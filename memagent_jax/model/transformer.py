@@ -193,9 +193,14 @@ class Transformer(nnx.Module):
         *,
         segment_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
+        remat: bool = False,
     ) -> jax.Array:
         """The last decoder layer's output [B, T, hidden] (before the final norm). Training computes the
-        LM head piece by piece from this, so [B, T, vocab] logits never exist at once."""
+        LM head piece by piece from this, so [B, T, vocab] logits never exist at once.
+
+        remat: keep only each layer's input for the backward pass and recompute the rest (attention
+        scores, MLP intermediates): about a third more compute for activations that no longer grow
+        with the number of layers' internals, what long rows on accelerators need."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
         if segment_ids is None:
@@ -203,9 +208,14 @@ class Transformer(nnx.Module):
         if positions is None:
             positions = positions_from_segments(segment_ids)
         x = self.embed(tokens)
+        run_layer = jax.checkpoint(_run_layer) if remat else _run_layer
         for layer in self.layers:
-            x = layer(x, positions, segment_ids)
+            x = run_layer(layer, x, positions, segment_ids)
         return x
+
+
+def _run_layer(layer: DecoderLayer, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
+    return layer(x, positions, segment_ids)
 
 
 def padding_to_segments(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:

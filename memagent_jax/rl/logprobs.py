@@ -23,10 +23,11 @@ def _piece_stats(model: Transformer, hidden: jax.Array, targets: jax.Array,
 
 
 def token_stats(model: Transformer, batch: dict[str, jax.Array], temperature: float = 1.0,
-                piece_len: int = 256) -> tuple[jax.Array, jax.Array]:
+                piece_len: int = 256, remat: bool = False) -> tuple[jax.Array, jax.Array]:
     """(log p(target | prefix), entropy of the next-token distribution), both [rows, T] float32, with the
     logits divided by `temperature` (the sampler's, so ratios compare like with like)."""
-    hidden = model.hidden_states(batch["tokens"], segment_ids=batch["segment_ids"], positions=batch["positions"])
+    hidden = model.hidden_states(batch["tokens"], segment_ids=batch["segment_ids"], positions=batch["positions"],
+                                 remat=remat)
     length = hidden.shape[1]
     stats = jax.checkpoint(_piece_stats, static_argnums=(3,))
     logps, entropies = [], []

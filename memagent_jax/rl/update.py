@@ -29,6 +29,7 @@ class UpdateConfig:
     temperature: float = 1.0  # the sampler's: log-probs are those of the tempered distribution
     max_segments: int = 16  # most sequences per packed row (static for per-sequence aggregation)
     piece_len: int = 256  # LM head computed over this many positions at a time
+    remat: bool = False  # recompute each decoder layer in the backward pass (long rows on accelerators)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -68,7 +69,7 @@ def make_logprob_fn(graphdef: nnx.GraphDef, cfg: UpdateConfig) -> Callable:
 
 def _micro_loss(graphdef: nnx.GraphDef, cfg: UpdateConfig, params: Any, micro: dict[str, jax.Array],
                 denominator: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    logp, entropy = token_stats(nnx.merge(graphdef, params), micro, cfg.temperature, cfg.piece_len)
+    logp, entropy = token_stats(nnx.merge(graphdef, params), micro, cfg.temperature, cfg.piece_len, cfg.remat)
     mask = micro["loss_mask"]
     if cfg.objective == "sft":
         per_token = -logp
