@@ -17,7 +17,7 @@ import time
 from absl import app, flags
 
 from memagent_jax.agent.chunks import iter_text_file, iter_token_pieces
-from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory
+from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory, load_sizes
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
@@ -26,7 +26,8 @@ _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint folder (HF lay
 _DOCUMENT = flags.DEFINE_string("document", None, "Text file to read (any size; invalid UTF-8 is replaced).")
 _QUESTION = flags.DEFINE_string("question", None, "The question to answer.")
 _SHOW_MEMORY = flags.DEFINE_bool("show_memory", False, "Print the memory after each chunk.")
-_CHUNK = flags.DEFINE_integer("chunk_size", 5000, "Document tokens per memory update.")
+_CHUNK = flags.DEFINE_integer("chunk_size", 5000, "Document tokens per memory update (default: the size saved "
+                               "with the checkpoint, else 5000; likewise the three limits below).")
 _MEMORY = flags.DEFINE_integer("max_memory_tokens", 1024, "Longest memory the model may write.")
 _ANSWER = flags.DEFINE_integer("max_answer_tokens", 1024, "Longest final answer.")
 _QUESTION_MAX = flags.DEFINE_integer("max_question_tokens", 1024, "Longest accepted question.")
@@ -112,10 +113,12 @@ def main(argv: list[str]) -> None:
     missing = [f"--{f.name}" for f in (_CHECKPOINT, _DOCUMENT, _QUESTION) if f.value is None]
     if missing:
         raise app.UsageError(f"missing required flags: {', '.join(missing)}")
-    config = AgentConfig(chunk_size=_CHUNK.value, max_memory_tokens=_MEMORY.value,
-                         max_answer_tokens=_ANSWER.value, max_question_tokens=_QUESTION_MAX.value,
-                         temperature=_TEMPERATURE.value, seed=_SEED.value)
     try:
+        # Sizes saved with the checkpoint (what it was trained with) unless given on the command line.
+        saved = load_sizes(_CHECKPOINT.value) if os.path.isdir(_CHECKPOINT.value) else {}
+        sizes = {flag.name: (saved.get(flag.name, flag.value) if not flag.present else flag.value)
+                 for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION_MAX)}
+        config = AgentConfig(**sizes, temperature=_TEMPERATURE.value, seed=_SEED.value)
         trajectory = answer_document(_CHECKPOINT.value, _DOCUMENT.value, _QUESTION.value, config,
                                      show_memory=_SHOW_MEMORY.value)
     except (FileNotFoundError, ValueError) as err:

@@ -14,8 +14,10 @@ import pathlib
 
 from absl import app, flags
 
+from memagent_jax.agent.memory_agent import load_sizes
+
 from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig, evaluate_checkpoints, format_table, length_label, \
-    write_results
+    parse_checkpoints, parse_lengths, write_results
 
 _DEFAULTS = EvalConfig()
 _CHECKPOINT = flags.DEFINE_multi_string("checkpoint", [], "Checkpoint folder as DIR or NAME=DIR (repeatable).")
@@ -25,45 +27,13 @@ _LONG = flags.DEFINE_bool("long", False, f"Also evaluate {', '.join(map(length_l
 _TASKS = flags.DEFINE_string("tasks", ",".join(_DEFAULTS.tasks), "Comma-separated synthetic task names.")
 _SAMPLES = flags.DEFINE_integer("samples", _DEFAULTS.samples_per_cell, "Samples per (task, length).")
 _OUT = flags.DEFINE_string("out", None, "Output folder (default: <first checkpoint>/eval).")
-_CHUNK = flags.DEFINE_integer("chunk_size", _DEFAULTS.chunk_size, "Document tokens per memory update.")
+_CHUNK = flags.DEFINE_integer("chunk_size", _DEFAULTS.chunk_size, "Document tokens per memory update (default: "
+                               "the size saved with the checkpoint; likewise the three limits below).")
 _MEMORY = flags.DEFINE_integer("max_memory_tokens", _DEFAULTS.max_memory_tokens, "Longest memory.")
 _ANSWER = flags.DEFINE_integer("max_answer_tokens", _DEFAULTS.max_answer_tokens, "Longest final answer.")
 _QUESTION = flags.DEFINE_integer("max_question_tokens", _DEFAULTS.max_question_tokens, "Longest question.")
 _BATCH = flags.DEFINE_integer("batch", _DEFAULTS.batch, "Documents run at once.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Held-out task seed (not training's seed*1000 + 1 or + 2).")
-
-
-def parse_checkpoints(values: list[str]) -> dict[str, pathlib.Path]:
-    """NAME=DIR or DIR -> {name: folder}; an existing folder whose path contains '=' counts as a bare DIR."""
-    named: dict[str, pathlib.Path] = {}
-    for value in values:
-        name, sep, path = value.partition("=")
-        if not sep or pathlib.Path(value).is_dir():
-            path = value
-            name = pathlib.Path(value).resolve().name
-        if not name or not path:
-            raise ValueError(f"--checkpoint {value!r}: expected DIR or NAME=DIR")
-        if name in named:
-            raise ValueError(f"two checkpoints are named {name!r}: give them names with NAME=DIR")
-        named[name] = pathlib.Path(path)
-    missing = [str(p) for p in named.values() if not p.is_dir()]
-    if missing:
-        raise FileNotFoundError(f"checkpoint folder {missing[0]} does not exist")
-    return named
-
-
-def parse_lengths(text: str, long: bool = False) -> tuple[int, ...]:
-    """'1024,4K,1M' -> (1024, 4096, 1048576), sorted and without repeats; `long` adds LONG_LENGTHS."""
-    lengths = set(LONG_LENGTHS if long else ())
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        scale = {"K": 2**10, "M": 2**20}.get(item[-1].upper(), 1)
-        digits = item[:-1] if scale > 1 else item
-        if not digits.isdigit() or int(digits) == 0:
-            raise ValueError(f"--lengths: {item!r} is not a positive number of tokens (e.g. 1024 or 4K)")
-        lengths.add(int(digits) * scale)
-    if not lengths:
-        raise ValueError("--lengths: no lengths given")
-    return tuple(sorted(lengths))
 
 
 def _progress(name: str, cell: dict) -> None:
@@ -81,10 +51,13 @@ def main(argv: list[str]) -> None:
     try:  # every input is checked before a model loads; each problem is one line, not a traceback
         named = parse_checkpoints(_CHECKPOINT.value)
         tasks = tuple(t.strip() for t in _TASKS.value.split(",") if t.strip())
+        # Agent sizes: flags when given, else what the first checkpoint was trained with, else the defaults.
+        first = next(iter(named.values()))
+        saved = load_sizes(first) if first.is_dir() else {}
+        sizes = {flag.name: (flag.value if flag.present else saved.get(flag.name, flag.value))
+                 for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION)}
         cfg = EvalConfig(tasks=tasks, lengths=parse_lengths(_LENGTHS.value, _LONG.value),
-                         samples_per_cell=_SAMPLES.value, seed=_SEED.value, chunk_size=_CHUNK.value,
-                         max_memory_tokens=_MEMORY.value, max_answer_tokens=_ANSWER.value,
-                         max_question_tokens=_QUESTION.value, batch=_BATCH.value)
+                         samples_per_cell=_SAMPLES.value, seed=_SEED.value, batch=_BATCH.value, **sizes)
         out = pathlib.Path(_OUT.value) if _OUT.value else next(iter(named.values())) / "eval"
         print(f"evaluating {', '.join(named)} on {', '.join(cfg.tasks)} at "
               f"{', '.join(map(length_label, cfg.lengths))} tokens, {cfg.samples_per_cell} samples each", flush=True)

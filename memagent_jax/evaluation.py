@@ -370,3 +370,36 @@ def read_results(out_dir: str | os.PathLike) -> tuple[dict[str, dict], EvalConfi
     """The results and config that write_results stored (e.g. to redraw or merge tables later)."""
     payload = json.loads((pathlib.Path(out_dir) / "results.json").read_text())
     return payload["checkpoints"], EvalConfig.from_dict(payload["config"])
+
+
+def parse_checkpoints(values: list[str]) -> dict[str, pathlib.Path]:
+    """NAME=DIR or DIR -> {name: folder}; an existing folder whose path contains '=' counts as a bare DIR."""
+    named: dict[str, pathlib.Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or pathlib.Path(value).is_dir():
+            path = value
+            name = pathlib.Path(value).resolve().name
+        if not name or not path:
+            raise ValueError(f"--checkpoint {value!r}: expected DIR or NAME=DIR")
+        if name in named:
+            raise ValueError(f"two checkpoints are named {name!r}: give them names with NAME=DIR")
+        named[name] = pathlib.Path(path)
+    missing = [str(p) for p in named.values() if not p.is_dir()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint folder {missing[0]} does not exist")
+    return named
+
+
+def parse_lengths(text: str, long: bool = False) -> tuple[int, ...]:
+    """'1024,4K,1M' -> (1024, 4096, 1048576), sorted and without repeats; `long` adds LONG_LENGTHS."""
+    lengths = set(LONG_LENGTHS if long else ())
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        scale = {"K": 2**10, "M": 2**20}.get(item[-1].upper(), 1)
+        digits = item[:-1] if scale > 1 else item
+        if not digits.isdigit() or int(digits) == 0:
+            raise ValueError(f"--lengths: {item!r} is not a positive number of tokens (e.g. 1024 or 4K)")
+        lengths.add(int(digits) * scale)
+    if not lengths:
+        raise ValueError("--lengths: no lengths given")
+    return tuple(sorted(lengths))

@@ -19,7 +19,7 @@ from absl import logging
 from flax import nnx
 
 from memagent_jax import configuration
-from memagent_jax.agent.memory_agent import MemoryAgent, check_fits
+from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent, check_fits
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.checkpoint import Checkpointer
 from memagent_jax.data.mixture import MixtureSource
@@ -50,11 +50,15 @@ def phase_data(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokeniz
                          seed=seed, num_epochs=None)
 
 
-def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directory: pathlib.Path) -> pathlib.Path:
-    """HF layout (config.json, safetensors) plus the tokenizer's files: a folder memagent-answer loads."""
+def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directory: pathlib.Path,
+                 agent: AgentConfig | None = None) -> pathlib.Path:
+    """HF layout (config.json, safetensors) plus the tokenizer's files and the agent sizes it was trained
+    with: a folder memagent-answer and memagent_jax.evaluate load."""
     from memagent_jax.model.hf import save_hf_checkpoint
 
     save_hf_checkpoint(model, directory, overwrite=True)
+    if agent is not None:
+        agent.save_sizes(directory)
     if tokenizer_dir is not None:
         for path in tokenizer_dir.iterdir():
             if path.is_file() and path.name != "config.json":
@@ -211,8 +215,8 @@ class TrainingRun:
             self.run_phase(phase)
             if phase == "sft" and self.is_main:
                 # The SFT-only policy, kept so evaluations can set it beside SFT+GRPO.
-                export_model(self.model(), self.tokenizer_dir, self.workdir / "export_sft")
-        exported = export_model(self.model(), self.tokenizer_dir, self.workdir / "export")
+                export_model(self.model(), self.tokenizer_dir, self.workdir / "export_sft", self.settings.agent)
+        exported = export_model(self.model(), self.tokenizer_dir, self.workdir / "export", self.settings.agent)
         table = self.evaluate()
         if table:
             print(table)

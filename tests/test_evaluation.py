@@ -15,9 +15,8 @@ from flax import nnx
 from memagent_jax.agent.memory_agent import Conversation, Trajectory
 from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.data.tasks import make_task
-from memagent_jax.evaluate import parse_checkpoints, parse_lengths
-from memagent_jax.evaluation import EvalConfig, evaluate_checkpoints, format_table, length_label, read_results, \
-    score_trajectories, write_results
+from memagent_jax.evaluation import (EvalConfig, evaluate_checkpoints, format_table, length_label, parse_checkpoints,
+                                     parse_lengths, read_results, score_trajectories, write_results)
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.hf import save_hf_checkpoint
 from memagent_jax.model.transformer import Transformer

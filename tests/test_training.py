@@ -76,6 +76,16 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     for a, b in zip(jax.tree.leaves(model_a), jax.tree.leaves(model_b)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
     assert (whole / "tokenizer.model").is_file()
+    # memagent-answer reads the trained checkpoint with the agent sizes it was trained with.
+    from memagent_jax.agent.memory_agent import AgentConfig, load_sizes
+    from memagent_jax.answer import answer_document
+
+    sizes = load_sizes(whole)
+    assert sizes == {"chunk_size": 64, "max_memory_tokens": 12, "max_answer_tokens": 8, "max_question_tokens": 40}
+    document = tmp_path / "doc.txt"
+    document.write_text("The code is 4.\n" * 30)
+    trajectory = answer_document(whole, document, "What is the code?", AgentConfig(**sizes))
+    assert trajectory.error is None and trajectory.num_chunks >= 2
     tags = {key for _, key in expected}
     for tag in ("rl/reward_std", "rl/accuracy", "rl/memory_tokens_mean", "rl/answer_tokens_mean", "rl/clipped",
                 "rl/kl", "rl/entropy", "rl/grad_norm", "rl/rollout_tokens_per_s", "rl/update_tokens_per_s",

@@ -8,6 +8,9 @@ The G rollouts of a sample start from the identical first prompt, which the engi
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pathlib
 import zlib
 from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Sequence
 
@@ -37,6 +40,28 @@ class AgentConfig:
         for name in ("chunk_size", "max_memory_tokens", "max_answer_tokens", "max_question_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
+
+    SIZE_FIELDS = ("chunk_size", "max_memory_tokens", "max_answer_tokens", "max_question_tokens")
+
+    def save_sizes(self, directory: "os.PathLike | str") -> None:
+        """Writes the sizes a model was trained with next to its checkpoint (AGENT_SIZES_FILE)."""
+        sizes = {name: getattr(self, name) for name in self.SIZE_FIELDS}
+        (pathlib.Path(directory) / AGENT_SIZES_FILE).write_text(json.dumps(sizes, indent=2) + "\n")
+
+
+AGENT_SIZES_FILE = "memagent_agent.json"
+
+
+def load_sizes(directory: "os.PathLike | str") -> dict[str, int]:
+    """The agent sizes saved with a checkpoint ({} when it has none, e.g. a plain HF model)."""
+    path = pathlib.Path(directory) / AGENT_SIZES_FILE
+    if not path.is_file():
+        return {}
+    sizes = json.loads(path.read_text())
+    unknown = set(sizes) - set(AgentConfig.SIZE_FIELDS)
+    if unknown or not all(isinstance(v, int) and v > 0 for v in sizes.values()):
+        raise ValueError(f"{path}: expected positive integers for {AgentConfig.SIZE_FIELDS}, got {sizes}")
+    return sizes
 
 
 @dataclasses.dataclass
