@@ -44,13 +44,13 @@ def get_config() -> ml_collections.ConfigDict:
         "remat": False})
 
     config.sft = ml_collections.ConfigDict({
-        "steps": 200, "batch_size": 16, "mini_batch_size": 16, "num_samples": 100_000,
-        "tasks": ("niah_single", "niah_multikey", "vt"), "lengths": (256, 512, 1024),
+        "steps": 150, "batch_size": 8, "mini_batch_size": 8, "num_samples": 100_000,
+        "tasks": ("niah_single", "vt"), "lengths": (256, 512, 1024),
         "optimizer": _optimizer(3e-3, 20)})
     config.rl = ml_collections.ConfigDict({
-        "steps": 20, "batch_size": 8, "mini_batch_size": 4, "num_samples": 100_000,
-        "tasks": ("niah_single", "niah_multikey", "vt"), "lengths": (1024, 2048, 4096),
-        "group_size": 8, "dynamic_sampling": True, "max_refills": 2,
+        "steps": 8, "batch_size": 4, "mini_batch_size": 2, "num_samples": 100_000,
+        "tasks": ("niah_single", "vt"), "lengths": (1024, 2048, 4096),
+        "group_size": 4, "dynamic_sampling": True, "max_refills": 1,
         "normalize_std": False, "overlong": "filter", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",
                  "aggregation": "token-mean", "tis_cap": 2.0, "entropy_coef": 0.0},
@@ -60,7 +60,7 @@ def get_config() -> ml_collections.ConfigDict:
     # `long` adds 256K and 1M tokens. Results in {workdir}/eval (table.md, accuracy.png, results.json).
     config.eval = ml_collections.ConfigDict({
         "enabled": True, "tasks": ("niah_single", "vt"), "lengths": (1024, 4096, 16384, 65536), "long": False,
-        "samples_per_cell": 16, "batch": 16})
+        "samples_per_cell": 8, "batch": 8})
 
     config.checkpoint = ml_collections.ConfigDict({"every": 10, "keep": 3, "async_save": True})
     config.metrics = ml_collections.ConfigDict({"tensorboard": True, "jsonl": True, "progress": True})
