@@ -7,13 +7,7 @@ Runs on a 2-core CPU with no downloads. Override any field on the command line, 
 
 import ml_collections
 
-from memagent_jax.configuration import mesh_section, model_section, sharding_section
-
-
-def _optimizer(learning_rate: float, warmup_steps: int) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict({
-        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": "constant", "total_steps": 0,
-        "end_lr_fraction": 0.0, "weight_decay": 0.0, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "grad_clip": 1.0})
+from memagent_jax.configuration import mesh_section, model_section, optimizer_section, output_sections, sharding_section
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -46,7 +40,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.sft = ml_collections.ConfigDict({
         "steps": 150, "batch_size": 8, "mini_batch_size": 8, "num_samples": 100_000,
         "tasks": ("niah_single", "vt"), "lengths": (256, 512, 1024),
-        "optimizer": _optimizer(3e-3, 20)})
+        "optimizer": optimizer_section(3e-3, 20)})
     config.rl = ml_collections.ConfigDict({
         "steps": 8, "batch_size": 4, "mini_batch_size": 2, "num_samples": 100_000,
         "tasks": ("niah_single", "vt"), "lengths": (1024, 2048, 4096),
@@ -54,7 +48,7 @@ def get_config() -> ml_collections.ConfigDict:
         "normalize_std": False, "overlong": "filter", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",
                  "aggregation": "token-mean", "tis_cap": 2.0, "entropy_coef": 0.0},
-        "optimizer": _optimizer(1e-4, 2)})
+        "optimizer": optimizer_section(1e-4, 2)})
 
     # Held-out needle and variable-tracking samples by length, SFT-only beside SFT+GRPO (greedy decoding);
     # `long` adds 256K and 1M tokens. Results in {workdir}/eval (table.md, accuracy.png, results.json).
@@ -62,8 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
         "enabled": True, "tasks": ("niah_single", "vt"), "lengths": (1024, 4096, 16384, 65536), "long": False,
         "samples_per_cell": 8, "batch": 8})
 
-    config.checkpoint = ml_collections.ConfigDict({"every": 10, "keep": 3, "async_save": True})
-    config.metrics = ml_collections.ConfigDict({"tensorboard": True, "jsonl": True, "progress": True})
+    output_sections(config)
 
     config.generate = ml_collections.ConfigDict()
     config.generate.prompt = "What is the special magic number for jittery-hospital?"

@@ -48,6 +48,27 @@ def sharding_section(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> ml_col
     return ml_collections.ConfigDict({"rules": tuple(tuple(r) for r in rules)})
 
 
+def tensor_parallel_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> tuple[tuple[str, Any], ...]:
+    """The rules with the model dimension (`embed`) unsharded: pure tensor parallelism, so a decode step never
+    all-gathers FSDP-sharded weights (a rollout layout)."""
+    return tuple((name, None if name == "embed" else target) for name, target in rules)
+
+
+def optimizer_section(learning_rate: float, warmup_steps: int, weight_decay: float = 0.0,
+                      grad_clip: float = 1.0) -> ml_collections.ConfigDict:
+    """Every OptimizerConfig field (rl/optimizer.py), constant schedule after a linear warm-up."""
+    return ml_collections.ConfigDict({
+        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": "constant", "total_steps": 0,
+        "end_lr_fraction": 0.0, "weight_decay": weight_decay, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+        "grad_clip": grad_clip})
+
+
+def output_sections(config: ml_collections.ConfigDict, checkpoint_every: int = 10, keep: int = 3) -> None:
+    """Adds the checkpoint and metrics sections every training config has."""
+    config.checkpoint = ml_collections.ConfigDict({"every": checkpoint_every, "keep": keep, "async_save": True})
+    config.metrics = ml_collections.ConfigDict({"tensorboard": True, "jsonl": True, "progress": True})
+
+
 def build_model_config(section: ml_collections.ConfigDict) -> ModelConfig:
     """ModelConfig from a config's `model` section (rope_scaling with factor 0 means none)."""
     fields = {f.name for f in dataclasses.fields(ModelConfig)}

@@ -7,27 +7,11 @@ AdamW lr 1e-6 with 20 warm-up steps then constant, weight decay 0.01, clip 1.0, 
 
 import ml_collections
 
-from memagent_jax.configuration import mesh_section, model_section, sharding_section
+from memagent_jax.configuration import (mesh_section, model_section, optimizer_section, output_sections,
+                                        sharding_section, tensor_parallel_rules)
 
-# Rollout layout: Megatron-style tensor parallelism over "tensor", weights whole along the model dimension.
-ROLLOUT_RULES = (
-    ("batch", ("data", "fsdp")),
-    ("length", None),
-    ("embed", None),
-    ("vocab", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-    ("head_dim", None),
-    ("norm", None),
-)
-
-
-def _optimizer() -> ml_collections.ConfigDict:
-    # MemAgent: AdamW, lr 1e-6, 20 warm-up steps then constant, weight decay 0.01, global-norm clip 1.0.
-    return ml_collections.ConfigDict({
-        "learning_rate": 1e-6, "warmup_steps": 20, "schedule": "constant", "total_steps": 0,
-        "end_lr_fraction": 0.0, "weight_decay": 0.01, "b1": 0.9, "b2": 0.999, "eps": 1e-8, "grad_clip": 1.0})
+# MemAgent: AdamW, lr 1e-6, 20 warm-up steps then constant, weight decay 0.01, global-norm clip 1.0.
+PAPER_OPTIMIZER = dict(learning_rate=1e-6, warmup_steps=20, weight_decay=0.01, grad_clip=1.0)
 
 
 def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, int], num_pages: int, max_slots: int,
@@ -41,7 +25,8 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     config.model.checkpoint = checkpoint
     config.mesh = mesh_section(**mesh)
     config.sharding = sharding_section()  # training: embed over fsdp; heads, kv_heads, mlp, vocab over tensor
-    config.rollout_sharding = ml_collections.ConfigDict({"rules": tuple(tuple(r) for r in ROLLOUT_RULES)})
+    # Rollouts: Megatron-style tensor parallelism over "tensor", weights whole along the model dimension.
+    config.rollout_sharding = sharding_section(tensor_parallel_rules())
 
     config.tokenizer = ml_collections.ConfigDict()
     config.tokenizer.path = checkpoint  # the checkpoint's own tokenizer.json and chat template
@@ -74,7 +59,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     config.sft = ml_collections.ConfigDict({
         "steps": 0, "batch_size": 16, "mini_batch_size": 16, "num_samples": 8192,
         "tasks": ("multihop_qa",), "lengths": (28000,),
-        "optimizer": _optimizer()})
+        "optimizer": optimizer_section(**PAPER_OPTIMIZER)})
     # Multi-Conv GRPO: G=16 rollouts per sample, batch_size samples per step in mini-batches (the paper: 128/8
     # for the 7B, 256/16 for the 14B: 16 updates per step), one PPO epoch; advantage = reward - group mean (no std division), no DAPO filters. 400 steps:
     # the paper's gains appear within the first 150-400.
@@ -88,7 +73,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
         "normalize_std": False, "overlong": "none", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",
                  "aggregation": "token-mean", "tis_cap": 0.0, "entropy_coef": 0.0},
-        "optimizer": _optimizer()})
+        "optimizer": optimizer_section(**PAPER_OPTIMIZER)})
 
     # The held-out synthetic evaluation after training (SFT-only beside SFT+GRPO): off here, since it runs on
     # process 0 alone and the paper's benchmark is RULER-HQA (7K to 3.5M tokens), which comes with the data
@@ -97,8 +82,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
         "enabled": False, "tasks": ("multihop_qa",), "lengths": (7000, 28000, 112000), "long": False,
         "samples_per_cell": 16, "batch": 16})
 
-    config.checkpoint = ml_collections.ConfigDict({"every": 10, "keep": 3, "async_save": True})
-    config.metrics = ml_collections.ConfigDict({"tensorboard": True, "jsonl": True, "progress": True})
+    output_sections(config)
 
     config.generate = ml_collections.ConfigDict()
     config.generate.prompt = "Which country is the birthplace of the founder of the company that built the bridge?"
