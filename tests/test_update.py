@@ -192,3 +192,22 @@ def test_remat_gives_the_same_step(model_state):
         results.append(new)
     for a, b in zip(*(jax.tree.leaves(r) for r in results)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_logprobs_of_empty_padding_micro_batches_are_zero_and_real_ones_match(model_state):
+    graphdef, state, ref_state = model_state
+    cfg = UpdateConfig(max_segments=4)
+    seqs = _sequences(6, count=7)
+    packed, stats = pack(seqs, row_len=24, max_segments=4, rows_multiple=1)
+    assert stats.rows in (3, 5, 6, 7)  # not a power of two
+    batch = {k: jnp.asarray(v) for k, v in micro_batches(packed, 1).items()}
+    assert batch["tokens"].shape[0] > stats.rows  # padded to a power of two
+    logp, _ = _logprobs(graphdef, cfg)(state, batch)
+    assert float(jnp.abs(logp[stats.rows:]).sum()) == 0.0
+    model = nnx.merge(graphdef, state)
+    for row in range(stats.rows):
+        micro = {k: v[row] for k, v in batch.items()}
+        logits = model(micro["tokens"], segment_ids=micro["segment_ids"], positions=micro["positions"])
+        expected = grpo.token_logprobs(logits, micro["targets"])
+        real = np.asarray(micro["segment_ids"]) > 0
+        np.testing.assert_allclose(np.asarray(logp[row])[real], np.asarray(expected)[real], rtol=1e-5, atol=1e-5)

@@ -60,9 +60,14 @@ def make_logprob_fn(graphdef: nnx.GraphDef, cfg: UpdateConfig) -> Callable:
     def one(params: Any, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         return token_stats(nnx.merge(graphdef, params), micro, cfg.temperature, cfg.piece_len)
 
+    def one_or_skip(params: Any, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        # The empty micro-batches that pad the count to a power of two cost nothing here either.
+        zeros = jnp.zeros(micro["tokens"].shape, jnp.float32)
+        return jax.lax.cond(jnp.any(micro["loss_mask"] > 0), lambda: one(params, micro), lambda: (zeros, zeros))
+
     @jax.jit
     def logprobs(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        return jax.lax.map(lambda micro: one(params, micro), batch)
+        return jax.lax.map(lambda micro: one_or_skip(params, micro), batch)
 
     return logprobs
 
