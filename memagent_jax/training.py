@@ -118,12 +118,12 @@ class TrainingRun:
         if value is not None:
             metrics["mfu"] = value
 
-    def run_phase(self, phase: str) -> bool:
-        """Runs (or resumes) one phase; returns True when it has finished all its steps."""
+    def run_phase(self, phase: str) -> None:
+        """Runs (or resumes) one phase to its last step; self.params holds the result."""
         section = self.config[phase]
-        checkpointer = self._checkpointer(phase)
         if section.steps == 0:
-            return True
+            return
+        checkpointer = self._checkpointer(phase)
         policy = self._policy(phase)
         data = iter(phase_data(self.config, phase, self.tokenizer, self.settings.agent.chunk_size))
         rng = jax.random.key(self.config.seed * 1000 + _PHASE_SEED[phase])
@@ -141,7 +141,7 @@ class TrainingRun:
         if start >= section.steps:
             self.params = policy.params
             checkpointer.close()
-            return True
+            return
         step_fn = self._step_function(phase, policy, data)
         progress = ProgressBar(section.steps, phase, enabled=self.is_main and self.config.metrics.progress)
         progress.update(start)
@@ -161,7 +161,6 @@ class TrainingRun:
         progress.close()
         checkpointer.close()
         self.params = policy.params
-        return True
 
     def _step_function(self, phase: str, policy: Policy, data: Any) -> Callable[[int, int], dict[str, float]]:
         if phase == "sft":

@@ -64,9 +64,6 @@ class Policy:
     def num_params(self) -> int:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
 
-    def model_state(self) -> nnx.State:
-        return self.params
-
     def _device_batch(self, sequences: Sequence[TrainSequence]) -> tuple[dict[str, jax.Array], Any]:
         packed, stats = pack(sequences, self.shape.row_len, self.update_config.max_segments,
                              self.shape.rows_per_micro)

@@ -73,7 +73,7 @@ class GRPOTrainer:
     def sync_weights(self) -> float:
         """Trainer layout -> rollout layout on device; returns the seconds it took (a metric)."""
         start = time.perf_counter()
-        self.engine.update_weights(self.policy.model_state())
+        self.engine.update_weights(self.policy.params)
         jax.block_until_ready(self.engine.weights)
         return time.perf_counter() - start
 
