@@ -207,6 +207,10 @@ def _stored_leaf(leaf: Any, where: str) -> tuple[Any, dict]:
         if _is_key_dtype(value.dtype):
             entry.update(key_impl=str(jax.random.key_impl(value)), key_dtype=str(value.dtype))
             value = jax.random.key_data(value)
+        if jax.process_count() > 1 and value.is_fully_addressable:
+            # A process-local array (e.g. the RNG key each process holds alike): Orbax saves only global
+            # arrays from several processes, and NumPy values from the primary one.
+            value = np.asarray(value)
     elif isinstance(value, (np.ndarray, np.generic, bool, int, float)):
         value = np.array(value)  # a copy: an async save must not see later in-place changes
     else:

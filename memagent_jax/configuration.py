@@ -63,10 +63,20 @@ def optimizer_section(learning_rate: float, warmup_steps: int, weight_decay: flo
         "grad_clip": grad_clip})
 
 
+def copy_section(steps: int, batch_size: int = 64, learning_rate: float = 3e-3) -> ml_collections.ConfigDict:
+    """The copy warm-up phase (rl/copy_warmup.py): random strings of 8-64 tokens repeated, packed into
+    256-token rows. Models trained from scratch need it; pretrained checkpoints already copy (steps=0)."""
+    return ml_collections.ConfigDict({
+        "steps": steps, "batch_size": batch_size, "min_tokens": 8, "max_tokens": 64, "row_len": 256,
+        "rows_per_micro": 8, "ppo_epochs": 1, "optimizer": optimizer_section(learning_rate, 20)})
+
+
 def output_sections(config: ml_collections.ConfigDict, checkpoint_every: int = 10, keep: int = 3) -> None:
     """Adds the checkpoint and metrics sections every training config has."""
     config.checkpoint = ml_collections.ConfigDict({"every": checkpoint_every, "keep": keep, "async_save": True})
     config.metrics = ml_collections.ConfigDict({"tensorboard": True, "jsonl": True, "progress": True})
+    # Per-device memory checked before the run: device_gb 0 = the detected device; enforce=False only prints.
+    config.budget = ml_collections.ConfigDict({"device_gb": 0.0, "enforce": True})
 
 
 def build_model_config(section: ml_collections.ConfigDict) -> ModelConfig:

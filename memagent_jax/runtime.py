@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pathlib
 
+import jax
 import ml_collections
 from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from memagent_jax import configuration
+from memagent_jax import configuration, multihost
 from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
@@ -28,10 +29,14 @@ def build_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     if config.tokenizer.path:
         return load_tokenizer(config.tokenizer.path)
     target = workdir / "tokenizer"
-    if not (target / "tokenizer.model").is_file():
-        logging.info("training a SentencePiece tokenizer (vocab %d) into %s", config.tokenizer.vocab_size, target)
-        corpus = tokenizer_corpus(config.tokenizer.corpus_lines, seed=config.seed)
-        train_sentencepiece(corpus, target, vocab_size=config.tokenizer.vocab_size)
+    # Process 0 trains it; the others wait, then use its files, or (no shared filesystem) train the same
+    # model themselves: the corpus is a pure function of the seed.
+    for turn in ("main", "others"):
+        if (turn == "main") == (jax.process_index() == 0) and not (target / "tokenizer.model").is_file():
+            logging.info("training a SentencePiece tokenizer (vocab %d) into %s", config.tokenizer.vocab_size, target)
+            corpus = tokenizer_corpus(config.tokenizer.corpus_lines, seed=config.seed)
+            train_sentencepiece(corpus, target, vocab_size=config.tokenizer.vocab_size)
+        multihost.barrier(f"tokenizer {turn}")
     tokenizer = load_tokenizer(target)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise configuration.ConfigError(

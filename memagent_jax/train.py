@@ -1,6 +1,10 @@
-"""Trains a memory agent: SFT warm start on oracle traces, then Multi-Conv GRPO; resumes from its workdir.
+"""Trains a memory agent: copy warm-up (models from scratch), SFT warm start on oracle traces, then
+Multi-Conv GRPO; resumes from its workdir.
 
     python -m memagent_jax.train --config=configs/quickstart.py [--config.rl.steps=50 ...]
+
+Multi-process runs (launch/) start the same command in every process; memagent_jax.distributed reads
+the process's place from the environment (JAX_* variables, SLURM, TPU pod).
 """
 
 from __future__ import annotations
@@ -25,13 +29,19 @@ class _QuietOrbax(std_logging.Filter):
 def main(argv: list[str]) -> None:
     del argv
     logging.get_absl_handler().addFilter(_QuietOrbax())
-    from memagent_jax.training import TrainingRun  # after flag parsing: --help stays fast
+    from memagent_jax import distributed  # after flag parsing: --help stays fast
+
+    cluster = distributed.initialize()  # before anything touches the devices
+    if cluster.kind != "single":
+        logging.info("joined %s", cluster.describe())
+    from memagent_jax.training import TrainingRun
 
     started = time.perf_counter()
     run = TrainingRun(_CONFIG.value)
     exported = run.run()
     logging.info("exported %s", exported)
-    print(f"trained in {time.perf_counter() - started:.0f}s; checkpoint for memagent-answer: {exported}")
+    if run.is_main:
+        print(f"trained in {time.perf_counter() - started:.0f}s; checkpoint for memagent-answer: {exported}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""A whole training run from a config: SFT warm start on oracle traces, then Multi-Conv GRPO.
+"""A whole training run from a config: copy warm-up (models from scratch), SFT warm start on oracle traces,
+then Multi-Conv GRPO.
 
 Each phase checkpoints (parameters, optimizer state, step, RNG, data-iterator state, config) every N
 steps into {workdir}/checkpoints/{phase}; a rerun with the same workdir resumes where it stopped, with
@@ -18,7 +19,7 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from memagent_jax import configuration
+from memagent_jax import configuration, multihost
 from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent, check_fits
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.checkpoint import Checkpointer
@@ -30,20 +31,29 @@ from memagent_jax.engine.engine import Engine
 from memagent_jax.metrics import MetricsWriter, ProgressBar, device_peak_flops, mfu, model_flops_per_token
 from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.rl.config import RunSettings, run_settings
+from memagent_jax.rl.config import RunSettings, copy_settings, run_settings
+from memagent_jax.rl.copy_warmup import CopyBatches
 from memagent_jax.rl.policy import Policy
+from memagent_jax.rl.sft import end_of_turn_id
 from memagent_jax.rl.trainer import GRPOTrainer, SFTTrainer, batches_from
-from memagent_jax.runtime import build_model, build_tokenizer
+from memagent_jax.rollout_layout import RolloutLayout
+from memagent_jax.run_budget import check_run_budget
+from memagent_jax.runtime import build_mesh, build_model, build_tokenizer
 from memagent_jax.tokenizer import Tokenizer
 
-PHASES = ("sft", "rl")
-_PHASE_SEED = {"sft": 1, "rl": 2}  # each phase reads its own stream of synthetic samples
+PHASES = ("copy", "sft", "rl")
+_PHASE_SEED = {"sft": 1, "rl": 2, "copy": 3}  # each phase reads its own stream of synthetic samples
 
 
 def phase_data(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokenizer, chunk_size: int) -> Any:
-    """The phase's Grain pipeline: its tasks x lengths interleaved, shuffled, repeated, batched."""
+    """The phase's batches: copy strings for the warm-up; else a Grain pipeline of its tasks x lengths
+    interleaved, shuffled, repeated, batched."""
     section = config[phase]
     seed = config.seed * 1000 + _PHASE_SEED[phase]
+    if phase == "copy":
+        task, _ = copy_settings(config)
+        return CopyBatches(tokenizer, end_of_turn_id(tokenizer), section.batch_size, task, seed,
+                           jax.process_index(), jax.process_count())
     sources = [SyntheticSource(make_task(task, tokenizer, int(length), seed=seed), section.num_samples)
                for task in section.tasks for length in section.lengths]
     return make_pipeline(MixtureSource(sources), section.batch_size, tokenizer=tokenizer, chunk_tokens=chunk_size,
@@ -81,16 +91,23 @@ class TrainingRun:
         except ValueError as err:
             raise configuration.ConfigError(f"config.agent / config.engine: {err}") from err
         self.eval_config = self._eval_config()
+        # Still nothing allocated: the per-device budget is printed, and a run that cannot fit stops here.
+        self.budget_table = check_run_budget(config, self.settings, build_mesh(config))
+        if jax.process_index() == 0:
+            print(f"per-device memory budget (GRPO peak):\n{self.budget_table}", flush=True)
         model, self.mesh = build_model(config)
         self.rules = configuration.build_rules(config.sharding)
         rollout_rules = configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules else self.rules
         self.model_config = model.cfg
         self.graphdef, self.params = nnx.split(model)
-        # The engine keeps its own copy of the weights in the rollout layout; new weights arrive each step.
-        # (A copy, never an alias: training donates its buffers to each update.)
-        rollout_state = jax.device_put(self.params, sharding.state_shardings(self.params, self.mesh, rollout_rules),
-                                       may_alias=False)
-        self.engine = Engine(nnx.merge(self.graphdef, rollout_state), self.settings.engine)
+        # The engine keeps its own copy of the weights in the rollout layout (with N processes: on each
+        # process's own devices); new weights arrive each step. (A copy, never an alias: training donates
+        # its buffers to each update.)
+        try:
+            self.rollout_layout = RolloutLayout(self.params, self.mesh, rollout_rules)
+        except ValueError as err:
+            raise configuration.ConfigError(f"config.mesh / config.rollout_sharding: {err}") from err
+        self.engine = Engine(nnx.merge(self.graphdef, self.rollout_layout.place(self.params)), self.settings.engine)
         self.agent = MemoryAgent(self.engine, self.tokenizer, self.settings.agent, self.prompts)
         self.is_main = jax.process_index() == 0
         self.writer = MetricsWriter(self.workdir / "metrics", enabled=self.is_main,
@@ -106,14 +123,16 @@ class TrainingRun:
 
     def _policy(self, phase: str) -> Policy:
         settings = self.settings
-        optimizer, update = ((settings.sft_optimizer, settings.sft_update) if phase == "sft"
-                             else (settings.rl_optimizer, settings.rl_update))
-        return Policy(self.model(), self.mesh, self.rules, optimizer, update, settings.shape)
+        optimizer, update, shape = {
+            "copy": (settings.copy_optimizer, settings.sft_update, settings.copy_shape),
+            "sft": (settings.sft_optimizer, settings.sft_update, settings.shape),
+            "rl": (settings.rl_optimizer, settings.rl_update, settings.shape)}[phase]
+        return Policy(self.model(), self.mesh, self.rules, optimizer, update, shape)
 
     def _flops_metrics(self, policy: Policy, metrics: dict[str, float]) -> None:
         cfg = self.model_config
         per_token = model_flops_per_token(policy.num_params, cfg.num_layers, cfg.hidden_size,
-                                          self.settings.shape.row_len, training=True)
+                                          policy.shape.row_len, training=True)
         value = mfu(metrics.get("update_tokens_per_s", 0.0), per_token, jax.device_count(), device_peak_flops())
         if value is not None:
             metrics["mfu"] = value
@@ -151,6 +170,7 @@ class TrainingRun:
             if metrics.get("skipped"):
                 logging.warning("%s step %d: %d update(s) skipped for a non-finite loss or gradient; weights and "
                                 "optimizer state kept", phase, step + 1, int(metrics["skipped"]))
+            metrics = multihost.reduce_metrics(metrics)  # each process saw its share of the batch
             self._flops_metrics(policy, metrics)
             self.writer.write(step + 1, {f"{phase}/{k}": v for k, v in metrics.items()})
             shown = {k: metrics[k] for k in ("nll", "reward_mean", "accuracy", "loss") if k in metrics}
@@ -163,10 +183,12 @@ class TrainingRun:
         self.params = policy.params
 
     def _step_function(self, phase: str, policy: Policy, data: Any) -> Callable[[int, int], dict[str, float]]:
+        if phase == "copy":
+            return lambda step, seed: policy.train([next(data)])
         if phase == "sft":
             trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size)
             return lambda step, seed: trainer.step(next(data))
-        trainer = GRPOTrainer(policy, self.agent, self.settings.rl)
+        trainer = GRPOTrainer(policy, self.agent, self.settings.rl, place=self.rollout_layout.place)
         trainer.sync_weights()  # rollouts of the first step use the policy's (post-SFT) weights
         next_batch = batches_from(data)
         return lambda step, seed: trainer.step(next_batch, step, seed=seed)
@@ -203,19 +225,31 @@ class TrainingRun:
                                                  for name, result in results.items() for cell in result["cells"]})
         return format_table(results, cfg)
 
+    def export(self, folder: str) -> pathlib.Path:
+        """The current weights as an HF folder in the workdir, written by process 0 (every process takes
+        part in gathering weights that span processes)."""
+        directory = self.workdir / folder
+        model = self.model()
+        if multihost.is_multiprocess():
+            model = nnx.merge(self.graphdef, multihost.host_copy(self.params))
+        if self.is_main:
+            export_model(model, self.tokenizer_dir, directory, self.settings.agent)
+        multihost.barrier(f"export {folder}")
+        return directory
+
     def run(self) -> pathlib.Path:
         """All phases, then the export; returns the exported checkpoint folder."""
-        # A run whose RL phase has started resumes there: the SFT phase is already in its weights.
-        with Checkpointer(self.workdir / "checkpoints" / "rl") as rl_checkpoints:
-            rl_started = rl_checkpoints.latest_step() is not None
-        for phase in PHASES:
-            if phase == "sft" and rl_started:
-                continue
+        # A run resumes in its latest started phase: the earlier phases are already in its weights.
+        first = 0
+        for index, phase in enumerate(PHASES):
+            with Checkpointer(self.workdir / "checkpoints" / phase) as checkpoints:
+                if checkpoints.latest_step() is not None:
+                    first = index
+        for phase in PHASES[first:]:
             self.run_phase(phase)
-            if phase == "sft" and self.is_main:
-                # The SFT-only policy, kept so evaluations can set it beside SFT+GRPO.
-                export_model(self.model(), self.tokenizer_dir, self.workdir / "export_sft", self.settings.agent)
-        exported = export_model(self.model(), self.tokenizer_dir, self.workdir / "export", self.settings.agent)
+            if phase == "sft":
+                self.export("export_sft")  # the SFT-only policy, so evaluations can set it beside SFT+GRPO
+        exported = self.export("export")
         table = self.evaluate()
         if table:
             print(table)

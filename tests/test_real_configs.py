@@ -23,6 +23,7 @@ from memagent_jax.model import sharding
 from memagent_jax.model.config import ModelConfig, get_preset
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.rl.config import run_settings
+from memagent_jax.run_budget import check_run_budget, config_budget, device_memory_bytes
 from memagent_jax.rl.logprobs import token_stats
 from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, make_optimizer
 
@@ -43,16 +44,7 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, t
 
 
 def _budget(config: ml_collections.ConfigDict, mesh, *, remat_layers: bool | None = None) -> memory_budget.Budget:
-    settings = run_settings(config)
-    rules = configuration.build_rules(config.sharding)
-    rollout = configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules else None
-    return per_device_budget(
-        configuration.build_model_config(config.model), mesh, rules,
-        optimizer=make_optimizer(settings.rl_optimizer), kv_pages=settings.engine.num_pages,
-        page_size=settings.engine.page_size, rollout_rules=rollout, row_len=settings.shape.row_len,
-        rows_per_micro=settings.shape.rows_per_micro, piece_len=settings.rl_update.piece_len,
-        reference=settings.rl_update.uses_reference,
-        remat_layers=settings.rl_update.remat if remat_layers is None else remat_layers)
+    return config_budget(config, run_settings(config), mesh, remat_layers=remat_layers)
 
 
 def _mesh_sizes(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -200,3 +192,21 @@ def test_activation_estimate_matches_xla_per_layer(heads, row_len):
     per_layer_measured = measured[2] - measured[1]
     print(f"\nper layer: estimate {per_layer_estimate / 1e6:.1f} MB, XLA {per_layer_measured / 1e6:.1f} MB")
     assert per_layer_estimate == pytest.approx(per_layer_measured, rel=0.15)
+
+
+def test_a_run_that_cannot_fit_stops_before_allocating_with_the_table():
+    config = configuration.load_config_file(str(GPU8))
+    settings = run_settings(config)
+    mesh = AbstractMesh(_mesh_sizes(config), sharding.MESH_AXES)
+    table = check_run_budget(config, settings, mesh, device_bytes=DEVICE_MEMORY_BYTES["H100"])
+    assert "kv_cache" in table and "total" in table
+    with pytest.raises(configuration.ConfigError, match="does not fit in device memory") as err:
+        check_run_budget(config, settings, mesh, device_bytes=20e9)
+    assert "kv_cache" in str(err.value) and "config.train.remat" in str(err.value)
+    config.budget.enforce = False
+    assert "total" in check_run_budget(config, settings, mesh, device_bytes=20e9)
+
+
+def test_cpu_devices_share_the_host_memory():
+    size = device_memory_bytes()
+    assert size is not None and 0 < size * len(jax.local_devices()) <= 2 ** 50

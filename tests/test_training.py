@@ -9,10 +9,9 @@ import pytest
 from memagent_jax.configuration import ConfigError
 from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.metrics import read_jsonl
-from memagent_jax.model.sharding import DEFAULT_RULES
 from memagent_jax.tokenizer import train_sentencepiece
+from tiny_run_config import tiny_config
 
-QUICKSTART = pathlib.Path(__file__).resolve().parent.parent / "configs" / "quickstart.py"
 
 
 @pytest.fixture(scope="module")
@@ -23,27 +22,9 @@ def tokenizer_dir(tmp_path_factory):
 
 
 def _config(workdir, tokenizer_dir, **phase_steps):
-    from memagent_jax.configuration import load_config_file
-
-    config = load_config_file(str(QUICKSTART))
+    config = tiny_config(**phase_steps)
     config.workdir = str(workdir)
     config.tokenizer.path = str(tokenizer_dir)
-    config.model.update(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                        num_kv_heads=2, head_dim=8, max_position_embeddings=1024)
-    # Training FSDP over the 8 test devices; rollouts on replicated weights (one resharding per step).
-    config.mesh.update(data=1, fsdp=-1, tensor=1)
-    config.rollout_sharding.rules = tuple((name, None) for name, _ in DEFAULT_RULES)
-    config.agent.update(chunk_size=64, max_memory_tokens=12, max_answer_tokens=8, max_question_tokens=40)
-    config.engine.update(num_pages=512, max_slots=16, max_seq_len=512, max_prompt_len=480, prefill_chunk=128)
-    config.train.update(row_len=512, rows_per_micro=8)
-    config.sft.update(steps=phase_steps.get("sft", 2), batch_size=2, mini_batch_size=1, lengths=(100,),
-                      tasks=("toy_code",), num_samples=64)
-    config.rl.update(steps=phase_steps.get("rl", 2), batch_size=2, mini_batch_size=1, group_size=2, lengths=(100,),
-                     tasks=("toy_code",), num_samples=64, dynamic_sampling=False,
-                     overlong="none")
-    config.eval.update(enabled=False, tasks=("toy_code",), lengths=(128,), samples_per_cell=2, batch=2)
-    config.checkpoint.update(every=1, keep=2)
-    config.metrics.progress = False
     return config
 
 
@@ -62,10 +43,10 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     assert "| SFT | SFT+GRPO |" in table  # SFT-only and SFT+GRPO side by side
     assert (tmp_path / "whole" / "eval" / "accuracy.png").is_file()
     # The same run stopped after one SFT step, then after one RL step, then continued from each checkpoint.
-    for steps in ({"sft": 1, "rl": 0}, {"sft": 2, "rl": 1}, {"sft": 2, "rl": 2}):
+    for steps in ({"copy": 1, "sft": 0, "rl": 0}, {"sft": 1, "rl": 0}, {"sft": 2, "rl": 1}, {"sft": 2, "rl": 2}):
         resumed = TrainingRun(_config(tmp_path / "parts", tokenizer_dir, **steps)).run()
     expected, got = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
-    for key in [(2, "sft/nll"), (2, "rl/loss"), (2, "rl/reward_mean"), (2, "rl/grad_norm"),
+    for key in [(2, "copy/nll"), (2, "sft/nll"), (2, "rl/loss"), (2, "rl/reward_mean"), (2, "rl/grad_norm"),
                 (1, "rl/logp_gap_sampler_trainer")]:
         assert key in expected, sorted(expected)[:20]
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
@@ -101,6 +82,8 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     (("engine", "max_prompt_len", None, 300), "max_prompt_len"),
     (("sft", "tasks", None, ("nope",)), "unknown task"),
     (("rl", "optimizer", "schedule", "weird"), "rl.optimizer"),
+    (("copy", "max_tokens", None, 200), "copy.row_len"),
+    (("budget", "device_gb", None, 1e-4), "does not fit in device memory"),
 ])
 def test_config_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, override, message):
     from memagent_jax.training import TrainingRun

@@ -15,6 +15,7 @@ from memagent_jax.agent.memory_agent import AgentConfig
 from memagent_jax.configuration import ConfigError
 from memagent_jax.data.tasks import TASKS
 from memagent_jax.engine.requests import EngineConfig
+from memagent_jax.rl.copy_warmup import CopyTaskConfig
 from memagent_jax.rl.experience import ExperienceConfig
 from memagent_jax.rl.grpo import LossConfig
 from memagent_jax.rl.optimizer import OptimizerConfig
@@ -73,6 +74,22 @@ def rl_config(config: ml_collections.ConfigDict) -> RLConfig:
     return _build(RLConfig, config.rl, "rl", experience=experience)
 
 
+def copy_settings(config: ml_collections.ConfigDict) -> tuple[CopyTaskConfig, BatchShape]:
+    """The copy warm-up's string lengths and its own (short) packed rows."""
+    section = config.copy
+    if section.steps < 0:
+        raise ConfigError(f"config.copy.steps must be >= 0, got {section.steps}")
+    if section.batch_size < 1:
+        raise ConfigError(f"config.copy.batch_size must be >= 1, got {section.batch_size}")
+    task = _build(CopyTaskConfig, section, "copy")
+    shape = _build(BatchShape, section, "copy")
+    # String, separator (a few tokens), the string again, end token: must fit one row.
+    if 2 * task.max_tokens + 16 > shape.row_len:
+        raise ConfigError(f"config.copy.row_len={shape.row_len} cannot hold a copy of max_tokens={task.max_tokens} "
+                          f"(needs about 2 * max_tokens + 16)")
+    return task, shape
+
+
 def check_phase_data(phase: ml_collections.ConfigDict, name: str) -> None:
     unknown = [t for t in phase.tasks if t not in TASKS]
     if unknown:
@@ -95,6 +112,9 @@ class RunSettings:
     agent: AgentConfig
     engine: EngineConfig
     shape: BatchShape
+    copy_task: CopyTaskConfig
+    copy_shape: BatchShape
+    copy_optimizer: OptimizerConfig
     sft_optimizer: OptimizerConfig
     sft_update: UpdateConfig
     rl_optimizer: OptimizerConfig
@@ -108,7 +128,9 @@ def run_settings(config: ml_collections.ConfigDict) -> RunSettings:
     if config.sft.batch_size % config.sft.mini_batch_size:
         raise ConfigError(f"config.sft.batch_size={config.sft.batch_size} must be a multiple of "
                           f"mini_batch_size={config.sft.mini_batch_size}")
+    copy_task, copy_shape = copy_settings(config)
     settings = RunSettings(
+        copy_task=copy_task, copy_shape=copy_shape, copy_optimizer=optimizer_config(config.copy, "copy"),
         agent=agent_config(config), engine=engine_config(config), shape=batch_shape(config),
         sft_optimizer=optimizer_config(config.sft, "sft"), sft_update=update_config(config, "sft"),
         rl_optimizer=optimizer_config(config.rl, "rl"), rl_update=update_config(config, "grpo"),

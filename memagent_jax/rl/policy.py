@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from memagent_jax import multihost
 from memagent_jax.model.sharding import Rules, batch_sharding
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, make_optimizer
@@ -56,6 +57,11 @@ class Policy:
         if shape.rows_per_micro % data_parallel:
             raise ValueError(f"rows_per_micro={shape.rows_per_micro} must be a multiple of the data-parallel size "
                              f"{data_parallel} (mesh {dict(mesh.shape)})")
+        processes = jax.process_count()
+        if shape.rows_per_micro % processes:
+            raise ValueError(f"rows_per_micro={shape.rows_per_micro} must be a multiple of the {processes} processes: "
+                             "each process packs its own share of every micro-batch")
+        self.local_rows = shape.rows_per_micro // processes
         self.batch_sharding = NamedSharding(mesh, PartitionSpec(None, *rows.spec))
         self._update = make_update_fn(self.graphdef, self.optimizer, update)
         self._logprobs = make_logprob_fn(self.graphdef, update)
@@ -65,14 +71,31 @@ class Policy:
         return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.params))
 
     def _device_batch(self, sequences: Sequence[TrainSequence]) -> tuple[dict[str, jax.Array], Any]:
-        packed, stats = pack(sequences, self.shape.row_len, self.update_config.max_segments,
-                             self.shape.rows_per_micro)
-        micro = micro_batches(packed, self.shape.rows_per_micro)
-        return {k: jax.device_put(v, self.batch_sharding) for k, v in micro.items()}, stats
+        packed, stats = pack(sequences, self.shape.row_len, self.update_config.max_segments, self.local_rows)
+        micro = micro_batches(packed, self.local_rows)
+        if not multihost.is_multiprocess():
+            return {k: jax.device_put(v, self.batch_sharding) for k, v in micro.items()}, stats
+        # Each process packed its own sequences: the global batch is their rows side by side, with as many
+        # micro-batches as the process that needs most (the others add empty ones, whose compute is skipped).
+        count = multihost.agree_max(len(micro["tokens"]))
+        out = {}
+        for name, local in micro.items():
+            local = np.concatenate([local, np.zeros((count - len(local), *local.shape[1:]), local.dtype)])
+            out[name] = jax.make_array_from_process_local_data(
+                self.batch_sharding, local, (count, self.shape.rows_per_micro, *local.shape[2:]))
+        return out, stats
 
     def train(self, mini_batches: Sequence[Sequence[TrainSequence]]) -> dict[str, float]:
         """One step: every mini-batch is an optimizer update (times ppo_epochs). Returns averaged metrics."""
-        mini_batches = [m for m in mini_batches if m]
+        if multihost.is_multiprocess():
+            # Every process runs the same number of updates; a process short of data adds empty ones (its
+            # share of that update is then nothing), and an update no process has data for is left out.
+            count = multihost.agree_max(len(mini_batches))
+            padded = list(mini_batches) + [[]] * (count - len(mini_batches))
+            mini_batches = [m for m, used in zip(padded, multihost.gather(np.asarray([bool(m) for m in padded])).any(0))
+                            if used]
+        else:
+            mini_batches = [m for m in mini_batches if m]
         if not mini_batches:
             return {"updates": 0.0}
         start = time.perf_counter()

@@ -5,6 +5,9 @@ current weights in its own rollout layout), scores the final answers, optionally
 rewards are all equal and draws replacements (DAPO dynamic sampling), turns every conversation into a
 training sequence carrying its trajectory's advantage, and runs `batch_size / mini_batch_size` updates.
 The new weights then go to the engine device-to-device.
+
+With N processes, batch sizes stay global: each process draws, rolls out and packs its 1/N share, and
+the updates run on the global batch (rl/policy.py assembles it).
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ from __future__ import annotations
 import dataclasses
 import time
 import zlib
-from typing import Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
+from memagent_jax import multihost
 from memagent_jax.agent.memory_agent import AgentTask, MemoryAgent
 from memagent_jax.data.pipeline import AgentSample
 from memagent_jax.engine.engine import Engine
@@ -47,15 +51,25 @@ def _mini_batches(items: Sequence[list[TrainSequence]], size: int) -> list[list[
     return [[s for item in items[i : i + size] for s in item] for i in range(0, len(items), size)]
 
 
+def per_process(size: int, what: str) -> int:
+    """This process's share of a global number of samples."""
+    processes = jax.process_count()
+    if size % processes:
+        raise ValueError(f"{what}={size} must be a multiple of the {processes} processes")
+    return size // processes
+
+
 class SFTTrainer:
     """Supervised warm start on oracle traces, through the same packing and update as GRPO."""
 
     def __init__(self, policy: Policy, agent: MemoryAgent, mini_batch_size: int):
         if policy.update_config.objective != "sft":
             raise ValueError("SFTTrainer needs a policy built with UpdateConfig(objective='sft')")
-        self.policy, self.agent, self.mini_batch_size = policy, agent, mini_batch_size
+        self.policy, self.agent = policy, agent
+        self.mini_batch_size = per_process(mini_batch_size, "sft.mini_batch_size")
 
     def step(self, batch: Sequence[AgentSample]) -> dict[str, float]:
+        """`batch`: this process's samples of the step."""
         per_sample = [oracle_sequences(item, self.agent.tokenizer, self.agent.prompts, self.agent.config)
                       for item in batch]
         return self.policy.train(_mini_batches(per_sample, self.mini_batch_size))
@@ -64,16 +78,22 @@ class SFTTrainer:
 class GRPOTrainer:
     """Multi-Conv GRPO on the memory agent; `engine` is the agent's engine and receives every new policy."""
 
-    def __init__(self, policy: Policy, agent: MemoryAgent, config: RLConfig, seed: int = 0):
+    def __init__(self, policy: Policy, agent: MemoryAgent, config: RLConfig, seed: int = 0,
+                 place: Callable[[Any], Any] | None = None):
+        """place: trained weights -> the engine's layout (rollout_layout.RolloutLayout.place); default: the
+        engine's own device_put (one process)."""
         if policy.update_config.objective != "grpo":
             raise ValueError("GRPOTrainer needs a policy built with UpdateConfig(objective='grpo')")
         self.policy, self.agent, self.config, self.seed = policy, agent, config, seed
         self.engine: Engine = agent.engine
+        self.place = place or (lambda params: params)
+        self.local_batch = per_process(config.batch_size, "rl.batch_size")
+        self.local_mini_batch = per_process(config.mini_batch_size, "rl.mini_batch_size")
 
     def sync_weights(self) -> float:
         """Trainer layout -> rollout layout on device; returns the seconds it took (a metric)."""
         start = time.perf_counter()
-        self.engine.update_weights(self.policy.params)
+        self.engine.update_weights(self.place(self.policy.params))
         jax.block_until_ready(self.engine.weights)
         return time.perf_counter() - start
 
@@ -104,9 +124,10 @@ class GRPOTrainer:
                 dropped += sum(g.uniform for g in new)
                 new = [g for g in new if not g.uniform]
             groups.extend(new)
-            if len(groups) >= cfg.batch_size:
+            # Processes draw in lock-step (their data iterators stay aligned): stop once all have enough.
+            if not multihost.agree_any(len(groups) < self.local_batch):
                 break
-        groups = groups[: cfg.batch_size]
+        groups = groups[: self.local_batch]
         rollout_seconds = time.perf_counter() - start
         generated = self.engine.stats.decode_tokens - engine_before.decode_tokens
         metrics = rollout_metrics(drawn)  # what the policy did, before any filtering
@@ -127,7 +148,7 @@ class GRPOTrainer:
             for key, value in dropped_counts.items():
                 counts[key] += value
         metrics.update(counts)
-        metrics.update(self.policy.train(_mini_batches(sequences_per_group, cfg.mini_batch_size)))
+        metrics.update(self.policy.train(_mini_batches(sequences_per_group, self.local_mini_batch)))
         metrics["weight_sync_seconds"] = self.sync_weights()
         metrics["step_seconds"] = time.perf_counter() - start
         return metrics

@@ -1,0 +1,72 @@
+"""Sweeps: grid expansion, key checks, dry runs for local and SLURM, and a real local sweep's summary."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+from memagent_jax.configuration import ConfigError
+from memagent_jax.data.corpus import tokenizer_corpus
+from memagent_jax.sweep import expand, main, parse_axis, point_name
+from memagent_jax.tokenizer import train_sentencepiece
+
+CONFIG = str(pathlib.Path(__file__).resolve().parent / "tiny_run_config.py")
+
+
+def test_axes_expand_into_every_combination_last_axis_fastest():
+    axes = [parse_axis("rl.optimizer.learning_rate=1e-6,3e-6"), parse_axis("rl.group_size=8, 16")]
+    points = expand(axes)
+    assert points == [{"rl.optimizer.learning_rate": "1e-6", "rl.group_size": "8"},
+                      {"rl.optimizer.learning_rate": "1e-6", "rl.group_size": "16"},
+                      {"rl.optimizer.learning_rate": "3e-6", "rl.group_size": "8"},
+                      {"rl.optimizer.learning_rate": "3e-6", "rl.group_size": "16"}]
+    assert len({point_name(p) for p in points}) == 4
+    assert point_name({"a.b": "x/y z"}) == "a.b=x-y-z"
+
+
+@pytest.mark.parametrize("spec", ["rl.group_size", "=1,2", "rl.group_size=1,,2"])
+def test_malformed_axes_are_refused(spec):
+    with pytest.raises(ConfigError, match="bad sweep axis"):
+        parse_axis(spec)
+
+
+def test_unknown_keys_and_repeated_axes_stop_before_any_run(tmp_path):
+    with pytest.raises(ConfigError, match="no field 'lr'"):
+        main(["--config", CONFIG, "--sweep", "rl.lr=1e-6,3e-6", "--root", str(tmp_path)])
+    with pytest.raises(ConfigError, match="a section"):
+        main(["--config", CONFIG, "--sweep", "rl.optimizer=1,2", "--root", str(tmp_path)])
+    with pytest.raises(ConfigError, match="swept twice"):
+        main(["--config", CONFIG, "--sweep", "rl.steps=1,2", "rl.steps=3", "--root", str(tmp_path)])
+    assert not list(tmp_path.iterdir())
+
+
+def test_dry_runs_print_one_command_per_point(tmp_path, capsys):
+    assert main(["--config", CONFIG, "--sweep", "rl.group_size=2,4", "--set", "rl.steps=3",
+                 "--root", str(tmp_path), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "memagent_jax.train" in lines[0]
+    assert f"--config.workdir={tmp_path}/rl.group_size=4" in lines[1] and "--config.rl.steps=3" in lines[1]
+    assert main(["--config", CONFIG, "--sweep", "rl.group_size=2,4", "--root", str(tmp_path), "--dry-run",
+                 "--slurm", "launch/slurm.sbatch"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert all(" launch/slurm.sbatch " + CONFIG + " --config.workdir=" in line for line in lines)
+    assert lines[0].split("] ", 1)[1].startswith("sbatch --job-name=sweep-rl.group_size=2")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_local_sweep_runs_every_point_and_tabulates_their_final_metrics(tmp_path):
+    tokenizer = tmp_path / "sp"
+    train_sentencepiece(tokenizer_corpus(1500), tokenizer, vocab_size=512)
+    root = tmp_path / "sweep"
+    code = main(["--config", CONFIG, "--sweep", "sft.optimizer.learning_rate=1e-3,1e-2",
+                 "--set", f"tokenizer.path={tokenizer}", "copy.steps=1", "sft.steps=1", "rl.steps=0",
+                 "--root", str(root), "--python", sys.executable])
+    assert code == 0
+    rows = json.loads((root / "summary.json").read_text())
+    assert [r["overrides"]["sft.optimizer.learning_rate"] for r in rows] == ["1e-3", "1e-2"]
+    assert all(r["status"] == "done" and "sft/nll" in r["metrics"] for r in rows)
+    assert rows[0]["metrics"]["copy/nll"] == rows[1]["metrics"]["copy/nll"]  # same warm-up, then they differ
+    table = (root / "summary.md").read_text()
+    assert "| sft.optimizer.learning_rate | status | copy/nll | sft/nll |" in table
+    assert (root / "sft.optimizer.learning_rate=1e-2" / "export" / "config.json").is_file()
