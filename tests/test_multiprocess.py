@@ -1,5 +1,6 @@
 """Two processes x two CPU devices (jax.distributed, gloo collectives on localhost) train exactly like one
-process with four devices: copy warm-up, SFT steps and a GRPO step, through the real CLI."""
+process with four devices: copy warm-up, SFT steps (stopped and resumed) and a GRPO step, through the real
+CLI."""
 
 import os
 import pathlib
@@ -32,19 +33,20 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _train(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, processes: int, devices: int) -> None:
+def _train(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, processes: int, devices: int,
+           extra: tuple[str, ...] = ()) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "TPU_"))}
     env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "memagent_jax.train", f"--config={CONFIG}", f"--config.workdir={workdir}",
-               f"--config.tokenizer.path={tokenizer_dir}", *OVERRIDES]
+               f"--config.tokenizer.path={tokenizer_dir}", *OVERRIDES, *extra]
     port = _free_port()
     workers = []
     for rank in range(processes):
         if processes > 1:
             env.update(JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(processes),
                        JAX_PROCESS_ID=str(rank))
-        log = open(workdir.parent / f"{workdir.name}-{rank}.log", "w")
+        log = open(workdir.parent / f"{workdir.name}-{rank}.log", "a")
         workers.append((subprocess.Popen(command, env=dict(env), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT),
                         log))
     for worker, log in workers:
@@ -67,6 +69,10 @@ def test_two_processes_train_like_one(tmp_path):
     tokenizer_dir = tmp_path / "sp"
     train_sentencepiece(tokenizer_corpus(1500), tokenizer_dir, vocab_size=512)
     _train(tmp_path / "one", tokenizer_dir, processes=1, devices=4)
+    # The two-process run stops after its first SFT step, then the same command resumes it from the Orbax
+    # checkpoint both processes wrote (weights, optimizer state, RNG, data position).
+    _train(tmp_path / "two", tokenizer_dir, processes=2, devices=2,
+           extra=("--config.sft.steps=1", "--config.rl.steps=0"))
     _train(tmp_path / "two", tokenizer_dir, processes=2, devices=2)
 
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
