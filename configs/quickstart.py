@@ -38,8 +38,9 @@ def get_config() -> ml_collections.ConfigDict:
         "row_len": 1024, "rows_per_micro": 4, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256,
         "remat": False})
 
-    # Copy warm-up (rl/copy_warmup.py): off. On this model 300 steps teach copying random strings (loss
-    # 6.9 -> 0.24), but the SFT after it learned slower (nll 2.9 vs 1.2 at step 90; BENCHMARKS.md).
+    # Copy warm-up (rl/copy_warmup.py): off. On this model 300 steps (~3 min) teach copying random strings
+    # (loss 6.9 -> 0.24), but the SFT after it did no better within its budget (nll 2.9 vs 2.6 at step 91;
+    # BENCHMARKS.md "Quickstart").
     config.copy = copy_section(0)
     config.sft = ml_collections.ConfigDict({
         "steps": 150, "batch_size": 8, "mini_batch_size": 8, "num_samples": 100_000,

@@ -14,7 +14,7 @@ from memagent_jax.model.sharding import DEFAULT_RULES
 QUICKSTART = pathlib.Path(__file__).resolve().parent.parent / "configs" / "quickstart.py"
 
 
-def tiny_config(copy: int = 2, sft: int = 2, rl: int = 2) -> ml_collections.ConfigDict:
+def tiny_config(copy: int = 0, sft: int = 2, rl: int = 2) -> ml_collections.ConfigDict:
     config = load_config_file(str(QUICKSTART))
     config.model.update(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                         num_kv_heads=2, head_dim=8, max_position_embeddings=1024)
