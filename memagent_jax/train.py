@@ -29,11 +29,15 @@ class _QuietOrbax(std_logging.Filter):
 def main(argv: list[str]) -> None:
     del argv
     logging.get_absl_handler().addFilter(_QuietOrbax())
+    import jax
+
     from memagent_jax import distributed  # after flag parsing: --help stays fast
 
     cluster = distributed.initialize()  # before anything touches the devices
     if cluster.kind != "single":
         logging.info("joined %s", cluster.describe())
+        if jax.process_index() != 0:  # process 0 logs the run; the others only warnings and errors
+            logging.set_verbosity(logging.WARNING)
     from memagent_jax.training import TrainingRun
 
     started = time.perf_counter()

@@ -90,3 +90,7 @@ def test_two_processes_train_like_one(tmp_path):
     for a, b in zip(jax.tree.leaves(model_one), jax.tree.leaves(model_two)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["copy", "rl", "sft"]
+    # Process 0 logs the run (the budget table, the resume); process 1 only warnings and errors.
+    main_log, other_log = ((tmp_path / f"two-{rank}.log").read_text() for rank in (0, 1))
+    assert "sft: resumed at step 1" in main_log and "per-device memory budget" in main_log
+    assert "resumed" not in other_log and "per-device memory budget" not in other_log
