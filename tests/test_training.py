@@ -36,18 +36,18 @@ def _metrics(workdir):
 def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_dir):
     from memagent_jax.training import TrainingRun
 
-    config = _config(tmp_path / "whole", tokenizer_dir, copy=2)
+    config = _config(tmp_path / "whole", tokenizer_dir)
     config.eval.enabled = True
     whole = TrainingRun(config).run()
     table = (tmp_path / "whole" / "eval" / "table.md").read_text()
     assert "| SFT | SFT+GRPO |" in table  # SFT-only and SFT+GRPO side by side
     assert (tmp_path / "whole" / "eval" / "accuracy.png").is_file()
-    # The same run stopped in the copy warm-up, then after one RL step, then continued from each checkpoint
-    # (tests/test_multiprocess.py stops one inside SFT).
-    for steps in ({"copy": 1, "sft": 0, "rl": 0}, {"copy": 2, "sft": 2, "rl": 1}, {"copy": 2, "sft": 2, "rl": 2}):
+    # The same run stopped after one SFT step, then after one RL step, then continued from each checkpoint
+    # (tests/test_multiprocess.py runs the copy warm-up and resumes across processes).
+    for steps in ({"sft": 1, "rl": 0}, {"sft": 2, "rl": 1}, {"sft": 2, "rl": 2}):
         resumed = TrainingRun(_config(tmp_path / "parts", tokenizer_dir, **steps)).run()
     expected, got = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
-    for key in [(2, "copy/nll"), (2, "sft/nll"), (2, "rl/loss"), (2, "rl/reward_mean"), (2, "rl/grad_norm"),
+    for key in [(2, "sft/nll"), (2, "rl/loss"), (2, "rl/reward_mean"), (2, "rl/grad_norm"),
                 (1, "rl/logp_gap_sampler_trainer")]:
         assert key in expected, sorted(expected)[:20]
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
