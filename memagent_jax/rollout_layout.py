@@ -61,6 +61,14 @@ class RolloutLayout:
             return moved
         return jax.tree.map(self._local_view, moved, self.shardings)
 
+    def send(self, engine: Any, state: Any) -> None:
+        """Trained weights to `engine` for the next rollouts, copied once: one process lets the engine move
+        them onto its shardings; N processes gather them here and hand the engine the fresh copy."""
+        if not self.multiprocess:
+            engine.update_weights(state)
+        else:
+            engine.update_weights(self.place(state), owned=True)
+
     @staticmethod
     def _local_view(value: jax.Array, sharding: NamedSharding) -> jax.Array:
         shards = {shard.device: shard.data for shard in value.addressable_shards}

@@ -188,7 +188,7 @@ class TrainingRun:
         if phase == "sft":
             trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size)
             return lambda step, seed: trainer.step(next(data))
-        trainer = GRPOTrainer(policy, self.agent, self.settings.rl, place=self.rollout_layout.place)
+        trainer = GRPOTrainer(policy, self.agent, self.settings.rl, send_weights=self.rollout_layout.send)
         trainer.sync_weights()  # rollouts of the first step use the policy's (post-SFT) weights
         next_batch = batches_from(data)
         return lambda step, seed: trainer.step(next_batch, step, seed=seed)

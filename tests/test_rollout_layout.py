@@ -42,6 +42,13 @@ def test_fsdp_training_weights_reach_a_tensor_parallel_engine_unchanged():
     tp = Engine(nnx.merge(graphdef, placed), config).generate(requests)
     same = Engine(nnx.merge(graphdef, trained), config).generate(requests)
     assert [r.tokens for r in tp] == [r.tokens for r in same]
+    # The per-step sync: one copy onto the engine's layout, never the trainer's own buffers (it donates them).
+    engine = Engine(nnx.merge(graphdef, placed), config)
+    layout.send(engine, trained)
+    pointers = lambda tree: {shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)
+                             for shard in x.addressable_shards}
+    assert not pointers(engine.weights) & pointers(trained)
+    assert jax.tree.map(lambda x: x.sharding, engine.weights) == layout.shardings
 
 
 def test_local_rollout_mesh_keeps_tensor_parallelism_inside_a_host():

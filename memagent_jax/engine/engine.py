@@ -127,11 +127,13 @@ class Engine:
         """The parameters the engine generates with (in its rollout layout)."""
         return self._state
 
-    def update_weights(self, state: nnx.State) -> None:
+    def update_weights(self, state: nnx.State, owned: bool = False) -> None:
         """New parameters (e.g. after a training step) for the next requests; same structure and shapes.
 
         The arrays are moved device-to-device onto the engine's own (rollout) shardings, which may differ
         from the trainer's, and every cached prompt is dropped: its KV was computed with the old weights.
+        owned=True: `state` is a fresh copy nobody else uses (e.g. from rollout_layout), so arrays already on
+        the engine's shardings are taken as they are instead of copied again.
         Must be called between batches, with no request in flight."""
         if self._waiting or self._running:
             raise RuntimeError("update_weights needs an idle engine: requests are still waiting or running")
@@ -144,8 +146,8 @@ class Engine:
         # would recompile every step.
         state = jax.tree.map(lambda new, old: new.astype(old.dtype) if new.dtype != old.dtype else new,
                              state, self._state)
-        # A copy even when the layouts match: the trainer donates its buffers to the next update.
-        self._state = jax.device_put(state, self._shardings, may_alias=False)
+        # Otherwise a copy even when the layouts match: the trainer donates its buffers to the next update.
+        self._state = jax.device_put(state, self._shardings, may_alias=True if owned else False)
         while self._records:
             _, record = self._records.popitem(last=False)
             self.pool.release(record.pages)

@@ -79,21 +79,21 @@ class GRPOTrainer:
     """Multi-Conv GRPO on the memory agent; `engine` is the agent's engine and receives every new policy."""
 
     def __init__(self, policy: Policy, agent: MemoryAgent, config: RLConfig, seed: int = 0,
-                 place: Callable[[Any], Any] | None = None):
-        """place: trained weights -> the engine's layout (rollout_layout.RolloutLayout.place); default: the
-        engine's own device_put (one process)."""
+                 send_weights: Callable[[Engine, Any], None] | None = None):
+        """send_weights(engine, params): how trained weights reach the engine (rollout_layout.RolloutLayout.send
+        with N processes); default: the engine's own update_weights."""
         if policy.update_config.objective != "grpo":
             raise ValueError("GRPOTrainer needs a policy built with UpdateConfig(objective='grpo')")
         self.policy, self.agent, self.config, self.seed = policy, agent, config, seed
         self.engine: Engine = agent.engine
-        self.place = place or (lambda params: params)
+        self.send_weights = send_weights or (lambda engine, params: engine.update_weights(params))
         self.local_batch = per_process(config.batch_size, "rl.batch_size")
         self.local_mini_batch = per_process(config.mini_batch_size, "rl.mini_batch_size")
 
     def sync_weights(self) -> float:
         """Trainer layout -> rollout layout on device; returns the seconds it took (a metric)."""
         start = time.perf_counter()
-        self.engine.update_weights(self.place(self.policy.params))
+        self.send_weights(self.engine, self.policy.params)
         jax.block_until_ready(self.engine.weights)
         return time.perf_counter() - start
 
