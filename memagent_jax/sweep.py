@@ -79,9 +79,11 @@ def final_metrics(workdir: pathlib.Path) -> dict[str, float]:
                 if line.strip():
                     row = json.loads(line)
                     last.update({k: v for k, v in row.items() if k not in ("step", "time")})
-    results = workdir / "eval" / "results.json"
-    if results.is_file():
-        for name, result in json.loads(results.read_text()).get("results", {}).items():
+    if (workdir / "eval" / "results.json").is_file():
+        from memagent_jax.evaluation import read_results
+
+        results, _ = read_results(workdir / "eval")
+        for name, result in results.items():
             cells = result.get("cells", [])
             if cells:
                 last[f"eval/{name}/mean"] = sum(c["accuracy"] for c in cells) / len(cells)

@@ -7,9 +7,8 @@ import sys
 import pytest
 
 from memagent_jax.configuration import ConfigError
-from memagent_jax.data.corpus import tokenizer_corpus
-from memagent_jax.sweep import expand, main, parse_axis, point_name
-from memagent_jax.tokenizer import train_sentencepiece
+from memagent_jax.evaluation import EvalConfig, write_results
+from memagent_jax.sweep import expand, final_metrics, main, parse_axis, point_name, summarize
 
 CONFIG = str(pathlib.Path(__file__).resolve().parent / "tiny_run_config.py")
 
@@ -55,9 +54,8 @@ def test_dry_runs_print_one_command_per_point(tmp_path, capsys):
     assert not list(tmp_path.iterdir())
 
 
-def test_a_local_sweep_runs_every_point_and_tabulates_their_final_metrics(tmp_path):
-    tokenizer = tmp_path / "sp"
-    train_sentencepiece(tokenizer_corpus(1500), tokenizer, vocab_size=512)
+def test_a_local_sweep_runs_every_point_and_tabulates_their_final_metrics(tmp_path, sp_tokenizer_dir):
+    tokenizer = sp_tokenizer_dir
     root = tmp_path / "sweep"
     code = main(["--config", CONFIG, "--sweep", "sft.optimizer.learning_rate=1e-3,1e-2",
                  "--set", f"tokenizer.path={tokenizer}", "sft.steps=1", "rl.steps=0",
@@ -71,3 +69,17 @@ def test_a_local_sweep_runs_every_point_and_tabulates_their_final_metrics(tmp_pa
     # The points really ran with their own learning rates: different weights.
     low, high = (root / f"sft.optimizer.learning_rate={lr}" / "export" / "model.safetensors" for lr in ("1e-3", "1e-2"))
     assert low.read_bytes() != high.read_bytes()
+
+
+def test_the_summary_reads_last_metrics_and_evaluation_means_and_lists_failures(tmp_path):
+    run = tmp_path / "rl.group_size=2"
+    (run / "metrics").mkdir(parents=True)
+    (run / "metrics" / "metrics.jsonl").write_text(
+        '{"step": 1, "time": 0, "rl/reward_mean": 0.25}\n{"step": 2, "time": 1, "rl/reward_mean": 0.5}\n')
+    cfg = EvalConfig(tasks=("niah_single",), lengths=(1024, 4096), samples_per_cell=2)
+    cells = [{"task": "niah_single", "length": n, "accuracy": a} for n, a in ((1024, 1.0), (4096, 0.5))]
+    write_results({"SFT+GRPO": {"cells": cells}}, cfg, run / "eval")  # the evaluation's own writer
+    assert final_metrics(run) == {"rl/reward_mean": 0.5, "eval/SFT+GRPO/mean": 0.75}
+    points = [{"rl.group_size": "2"}, {"rl.group_size": "4"}]
+    table = summarize(tmp_path, points, {"rl.group_size=4": "failed (exit 1)"})
+    assert "| 2 | done | 0.5 | 0.75 |" in table and "| 4 | failed (exit 1) |" in table
