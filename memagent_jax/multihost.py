@@ -5,6 +5,7 @@ Every process must call these at the same point: each is a collective.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import jax
@@ -15,7 +16,7 @@ from jax.experimental import multihost_utils
 # (tokens per second) add up too; durations take the slowest process; everything else (rewards, losses
 # computed on global arrays) is averaged.
 _SUMMED = ("groups_trained", "groups_dropped_uniform", "dropped_error_conversations",
-           "filtered_overlong_trajectories", "prefill_tokens", "sequences", "update_tokens", "rollouts")
+           "filtered_overlong_trajectories", "prefill_tokens", "sequences", "update_tokens")
 _SLOWEST = ("_seconds",)
 
 
@@ -45,9 +46,15 @@ def reduce_metrics(metrics: dict[str, float]) -> dict[str, float]:
     if not is_multiprocess():
         return metrics
     keys = sorted(metrics)
-    if agree_max(len(keys)) != len(keys) or int(gather(np.asarray(len(keys))).min()) != len(keys):
+    # Same names everywhere first (a gather of arrays of different lengths would not line up).
+    names = gather(np.asarray([len(keys), zlib.crc32("\n".join(keys).encode())], np.int64))
+    if not (names == names[0]).all():
         raise RuntimeError("processes report different metric names; they must run the same steps")
-    table = gather(np.asarray([float(metrics[k]) for k in keys], np.float64))
+    return combine(keys, gather(np.asarray([float(metrics[k]) for k in keys], np.float64)))
+
+
+def combine(keys: list[str], table: np.ndarray) -> dict[str, float]:
+    """Per-process values [process, key] -> one value per key (see _SUMMED/_SLOWEST)."""
     out = {}
     for i, key in enumerate(keys):
         column = table[:, i]

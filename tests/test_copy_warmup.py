@@ -3,17 +3,14 @@
 import numpy as np
 import pytest
 
-from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.rl.copy_warmup import SEPARATOR, CopyBatches, CopyTaskConfig, copyable_ids, copy_sequence
 from memagent_jax.rl.sft import end_of_turn_id
-from memagent_jax.tokenizer import load_tokenizer, train_sentencepiece
+from memagent_jax.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sp")
-    train_sentencepiece(tokenizer_corpus(800), folder, vocab_size=384)
-    return load_tokenizer(folder)
+def tokenizer(sp_tokenizer_dir):
+    return load_tokenizer(sp_tokenizer_dir)
 
 
 def test_ordinary_ids_exclude_special_tokens(tokenizer):

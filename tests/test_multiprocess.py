@@ -12,9 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.metrics import read_jsonl
-from memagent_jax.tokenizer import train_sentencepiece
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = pathlib.Path(__file__).resolve().parent / "tiny_run_config.py"
@@ -65,9 +63,8 @@ def _metrics(workdir: pathlib.Path) -> dict:
             for key, value in row.items() if key not in ("step", "time")}
 
 
-def test_two_processes_train_like_one(tmp_path):
-    tokenizer_dir = tmp_path / "sp"
-    train_sentencepiece(tokenizer_corpus(1500), tokenizer_dir, vocab_size=512)
+def test_two_processes_train_like_one(tmp_path, sp_tokenizer_dir):
+    tokenizer_dir = sp_tokenizer_dir
     _train(tmp_path / "one", tokenizer_dir, processes=1, devices=4)
     # The two-process run stops after its first SFT step, then the same command resumes it from the Orbax
     # checkpoint both processes wrote (weights, optimizer state, RNG, data position).

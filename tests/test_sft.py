@@ -4,18 +4,15 @@ import pytest
 
 from memagent_jax.agent.memory_agent import AgentConfig
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.data.pipeline import Tokenize
 from memagent_jax.data.tasks import make_task
 from memagent_jax.rl.sft import EMPTY_MEMORY, end_of_turn_id, oracle_memories, oracle_sequences
-from memagent_jax.tokenizer import load_tokenizer, train_sentencepiece
+from memagent_jax.tokenizer import load_tokenizer
 
 
 @pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sp")
-    train_sentencepiece(tokenizer_corpus(1500), folder, vocab_size=512)
-    return load_tokenizer(folder)
+def tokenizer(sp_tokenizer_dir):
+    return load_tokenizer(sp_tokenizer_dir)
 
 
 def test_memories_grow_as_the_evidence_is_read(tokenizer):

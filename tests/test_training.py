@@ -7,18 +7,14 @@ import numpy as np
 import pytest
 
 from memagent_jax.configuration import ConfigError
-from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.metrics import read_jsonl
-from memagent_jax.tokenizer import train_sentencepiece
 from tiny_run_config import tiny_config
 
 
 
 @pytest.fixture(scope="module")
-def tokenizer_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("sp")
-    train_sentencepiece(tokenizer_corpus(1500), folder, vocab_size=512)
-    return folder
+def tokenizer_dir(sp_tokenizer_dir):
+    return sp_tokenizer_dir
 
 
 def _config(workdir, tokenizer_dir, **phase_steps):
