@@ -63,11 +63,14 @@ def optimizer_section(learning_rate: float, warmup_steps: int, weight_decay: flo
         "grad_clip": grad_clip})
 
 
-def copy_section(steps: int, batch_size: int = 64, learning_rate: float = 3e-3) -> ml_collections.ConfigDict:
-    """The copy warm-up phase (rl/copy_warmup.py): random strings of 8-64 tokens repeated, packed into
-    256-token rows. Models trained from scratch need it; pretrained checkpoints already copy (steps=0)."""
+def copy_section(steps: int, batch_size: int = 64, learning_rate: float = 3e-3, digit_fraction: float = 0.0,
+                 max_gap_tokens: int = 0, row_len: int = 256) -> ml_collections.ConfigDict:
+    """The copy warm-up phase (rl/copy_warmup.py): random strings of 8-64 tokens repeated (a share of them
+    digits only, optionally after a gap of filler text), packed into `row_len`-token rows. Models trained
+    from scratch need it; pretrained checkpoints already copy (steps=0)."""
     return ml_collections.ConfigDict({
-        "steps": steps, "batch_size": batch_size, "min_tokens": 8, "max_tokens": 64, "row_len": 256,
+        "steps": steps, "batch_size": batch_size, "min_tokens": 8, "max_tokens": 64,
+        "digit_fraction": digit_fraction, "max_gap_tokens": max_gap_tokens, "row_len": row_len,
         "rows_per_micro": 8, "ppo_epochs": 1, "optimizer": optimizer_section(learning_rate, 20)})
 
 

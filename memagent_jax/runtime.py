@@ -11,7 +11,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from memagent_jax import configuration, multihost
-from memagent_jax.data.corpus import tokenizer_corpus
+from memagent_jax.data.task_corpus import task_corpus
 from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
@@ -34,7 +34,7 @@ def build_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
     for turn in ("main", "others"):
         if (turn == "main") == (jax.process_index() == 0) and not (target / "tokenizer.model").is_file():
             logging.info("training a SentencePiece tokenizer (vocab %d) into %s", config.tokenizer.vocab_size, target)
-            corpus = tokenizer_corpus(config.tokenizer.corpus_lines, seed=config.seed)
+            corpus = task_corpus(config.tokenizer.corpus_lines, seed=config.seed)
             train_sentencepiece(corpus, target, vocab_size=config.tokenizer.vocab_size)
         multihost.barrier(f"tokenizer {turn}")
     tokenizer = load_tokenizer(target)

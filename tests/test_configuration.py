@@ -22,9 +22,9 @@ def _parse(*overrides):
     return holder.value
 
 
-def test_quickstart_builds_the_tiny_preset():
+def test_quickstart_builds_the_tiny_preset_with_its_tokenizers_vocabulary():
     config = _parse()
-    assert configuration.build_model_config(config.model) == get_preset("tiny")
+    assert configuration.build_model_config(config.model) == get_preset("tiny", vocab_size=config.tokenizer.vocab_size)
     assert configuration.mesh_shape(config.mesh) == {"data": 1, "fsdp": -1, "tensor": 1}
     assert dict(configuration.build_rules(config.sharding))["embed"] == "fsdp"
 

@@ -3,7 +3,9 @@
 import numpy as np
 import pytest
 
-from memagent_jax.rl.copy_warmup import SEPARATOR, CopyBatches, CopyTaskConfig, copyable_ids, copy_sequence
+from memagent_jax.data.corpus import FILLER
+from memagent_jax.rl.copy_warmup import (SEPARATOR, CopyBatches, CopyTaskConfig, CopyVocabulary, copyable_ids,
+                                         copy_sequence, digit_ids)
 from memagent_jax.rl.sft import end_of_turn_id
 from memagent_jax.tokenizer import load_tokenizer
 
@@ -20,12 +22,13 @@ def test_ordinary_ids_exclude_special_tokens(tokenizer):
 
 
 def test_a_sequence_is_a_string_then_its_exact_repeat_with_loss_on_the_repeat(tokenizer):
-    pool, separator, end = copyable_ids(tokenizer), tokenizer.encode(SEPARATOR), end_of_turn_id(tokenizer)
+    vocab = CopyVocabulary.build(tokenizer, end_of_turn_id(tokenizer))
+    separator, end = tokenizer.encode(SEPARATOR), end_of_turn_id(tokenizer)
     config = CopyTaskConfig(min_tokens=5, max_tokens=9)
     rng = np.random.default_rng(0)
     lengths = set()
     for _ in range(50):
-        seq = copy_sequence(rng, pool, separator, end, config)
+        seq = copy_sequence(rng, vocab, config)
         tokens = list(seq.tokens)
         n = (len(tokens) - len(separator) - 1) // 2
         lengths.add(n)
@@ -33,6 +36,30 @@ def test_a_sequence_is_a_string_then_its_exact_repeat_with_loss_on_the_repeat(to
         assert seq.prompt_len == n + len(separator)
         assert tokens[seq.prompt_len : -1] == tokens[:n] and tokens[-1] == end
     assert lengths == set(range(5, 10))
+
+
+def test_digit_strings_and_filler_gaps(tokenizer):
+    vocab = CopyVocabulary.build(tokenizer, end_of_turn_id(tokenizer))
+    digits = set(digit_ids(tokenizer).tolist())
+    assert len(digits) == 10 and {tokenizer.decode([d]) for d in digits} == set("0123456789")
+    config = CopyTaskConfig(min_tokens=6, max_tokens=6, digit_fraction=0.5, max_gap_tokens=40)
+    rng = np.random.default_rng(1)
+    all_digits, gaps = 0, set()
+    for _ in range(200):
+        seq = copy_sequence(rng, vocab, config)
+        tokens, separator = list(seq.tokens), list(vocab.separator)
+        string, gap = tokens[:6], tokens[6:seq.prompt_len - len(separator)]
+        assert tokens[seq.prompt_len - len(separator):seq.prompt_len] == separator
+        assert tokens[seq.prompt_len:-1] == string
+        all_digits += set(string) <= digits
+        gaps.add(len(gap))
+        assert gap == [] or tokenizer.decode(gap) in (FILLER + "\n") * 3  # a piece of the filler text
+    assert 70 <= all_digits <= 130  # about half
+    assert min(gaps) <= 2 and max(gaps) >= 38
+    with pytest.raises(ValueError, match="digit_fraction"):
+        CopyTaskConfig(digit_fraction=1.5)
+    with pytest.raises(ValueError, match="max_gap_tokens"):
+        CopyTaskConfig(max_gap_tokens=-1)
 
 
 def test_batches_depend_on_seed_and_index_only_and_resume(tokenizer):

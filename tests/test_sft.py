@@ -31,6 +31,15 @@ def test_memories_grow_as_the_evidence_is_read(tokenizer):
     assert "VAR ABCDE = 12345" not in text_before
 
 
+def test_a_span_cut_before_its_final_period_counts_in_the_chunk_of_its_last_word(tokenizer):
+    tokens = tokenizer.encode("filler.\nThe code is 4821.\nfiller.\n")
+    cut = len(tokenizer.encode("filler.\nThe code is 4821"))
+    memories = oracle_memories([tokens[:cut], tokens[cut:]], ["The code is 4821."], tokenizer)
+    assert memories == ["The code is 4821.", "The code is 4821."]
+    memories = oracle_memories([tokens[:cut - 1], tokens[cut - 1:]], ["The code is 4821."], tokenizer)
+    assert memories == [EMPTY_MEMORY, "The code is 4821."]  # the last digit is in the second chunk
+
+
 @pytest.mark.parametrize("task_name", ["niah_multikey", "vt", "toy_code"])
 def test_oracle_sequences_use_the_agent_prompts_and_end_the_turn(tokenizer, task_name):
     agent = AgentConfig(chunk_size=64, max_memory_tokens=96, max_answer_tokens=48, max_question_tokens=64)

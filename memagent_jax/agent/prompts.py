@@ -44,6 +44,8 @@ Your answer:
 """
 
 INITIAL_MEMORY = "No previous memory"
+# What the SFT oracle memory says before any answer-bearing line has been read (rl/sft.py).
+EMPTY_MEMORY = "No relevant information found yet."
 
 # A slot's ids are replaced by one negative marker id while the template is split into pieces.
 _MARKER_BASE = -1_000_000

@@ -83,10 +83,11 @@ def copy_settings(config: ml_collections.ConfigDict) -> tuple[CopyTaskConfig, Ba
         raise ConfigError(f"config.copy.batch_size must be >= 1, got {section.batch_size}")
     task = _build(CopyTaskConfig, section, "copy")
     shape = _build(BatchShape, section, "copy")
-    # String, separator (a few tokens), the string again, end token: must fit one row.
-    if 2 * task.max_tokens + 16 > shape.row_len:
+    # String, gap, separator (a few tokens), the string again, end token: must fit one row.
+    if task.max_sequence_tokens + 16 > shape.row_len:
         raise ConfigError(f"config.copy.row_len={shape.row_len} cannot hold a copy of max_tokens={task.max_tokens} "
-                          f"(needs about 2 * max_tokens + 16)")
+                          f"with a gap of max_gap_tokens={task.max_gap_tokens} (needs 2 * max_tokens + "
+                          f"max_gap_tokens + 16)")
     return task, shape
 
 

@@ -11,12 +11,11 @@ from __future__ import annotations
 from typing import Sequence
 
 from memagent_jax.agent.memory_agent import AgentConfig
-from memagent_jax.agent.prompts import AgentPrompts
+from memagent_jax.agent.prompts import EMPTY_MEMORY, AgentPrompts
 from memagent_jax.data.pipeline import AgentSample
 from memagent_jax.rl.packing import TrainSequence
 from memagent_jax.tokenizer import Tokenizer
 
-EMPTY_MEMORY = "No relevant information found yet."
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>")
 
 
@@ -28,12 +27,18 @@ def end_of_turn_id(tokenizer: Tokenizer) -> int:
     return tokenizer.eos_id
 
 
+def _words_of(span: str) -> str:
+    """The span without trailing punctuation and spaces (all of it when nothing else is left)."""
+    return span.rstrip(" .,;:!?\n") or span
+
+
 def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], tokenizer: Tokenizer,
                     max_span_tokens: int = 256) -> list[str]:
     """The ideal memory text after each chunk: spans completed by the end of that chunk, in the order read.
 
     Each chunk is decoded together with the `max_span_tokens` tokens before it, so a span that crosses a
-    chunk boundary counts once it is complete, in linear time."""
+    chunk boundary counts once it is complete, in linear time. A span's closing punctuation is not needed:
+    a needle cut just before its final period has been read whole in the chunk that holds its last word."""
     found: list[str] = []
     pending = list(dict.fromkeys(spans))
     memories = []
@@ -41,7 +46,7 @@ def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], token
     for chunk in chunks:
         window = history[-max_span_tokens:] + list(chunk)
         text = tokenizer.decode(window)
-        hits = sorted((text.find(span), span) for span in pending if span in text)
+        hits = sorted((text.find(_words_of(span)), span) for span in pending if _words_of(span) in text)
         for _, span in hits:
             found.append(span)
             pending.remove(span)
