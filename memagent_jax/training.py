@@ -90,6 +90,8 @@ class TrainingRun:
             check_fits(self.prompts, self.settings.agent, self.settings.engine)
         except ValueError as err:
             raise configuration.ConfigError(f"config.agent / config.engine: {err}") from err
+        if config.copy.steps:
+            self._check_copy_rows()
         self.eval_config = self._eval_config()
         # Still nothing allocated: the per-device budget is printed, and a run that cannot fit stops here.
         self.budget_table = check_run_budget(config, self.settings, build_mesh(config))
@@ -192,6 +194,15 @@ class TrainingRun:
         trainer.sync_weights()  # rollouts of the first step use the policy's (post-SFT) weights
         next_batch = batches_from(data)
         return lambda step, seed: trainer.step(next_batch, step, seed=seed)
+
+    def _check_copy_rows(self) -> None:
+        """The longest copy sequence against copy.row_len, with this tokenizer's separator."""
+        longest = phase_data(self.config, "copy", self.tokenizer, self.settings.agent.chunk_size).longest_sequence
+        row_len = self.settings.copy_shape.row_len
+        if longest > row_len:
+            raise configuration.ConfigError(
+                f"config.copy.row_len={row_len} is shorter than the longest copy sequence ({longest} tokens with "
+                f"this tokenizer's separator); raise copy.row_len or lower copy.max_tokens / copy.max_gap_tokens")
 
     def _eval_config(self) -> Any:
         from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig

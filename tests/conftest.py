@@ -14,10 +14,11 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def sp_tokenizer_dir(tmp_path_factory):
-    """One SentencePiece model (vocab 512, trained on the synthetic corpus) for every test that only reads it."""
-    from memagent_jax.data.corpus import tokenizer_corpus
+    """One SentencePiece model (vocab 512, trained on the task corpus like the quickstart's, so prompts are
+    short) for every test that only reads it."""
+    from memagent_jax.data.task_corpus import task_corpus
     from memagent_jax.tokenizer import train_sentencepiece
 
     folder = tmp_path_factory.mktemp("sp_shared")
-    train_sentencepiece(tokenizer_corpus(1500), folder, vocab_size=512)
+    train_sentencepiece(task_corpus(1500), folder, vocab_size=512)
     return folder

@@ -38,9 +38,9 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     table = (tmp_path / "whole" / "eval" / "table.md").read_text()
     assert "| SFT | SFT+GRPO |" in table  # SFT-only and SFT+GRPO side by side
     assert (tmp_path / "whole" / "eval" / "accuracy.png").is_file()
-    # The same run stopped after one SFT step, then after one RL step, then continued from each checkpoint
-    # (tests/test_multiprocess.py runs the copy warm-up and resumes across processes).
-    for steps in ({"sft": 1, "rl": 0}, {"sft": 2, "rl": 1}, {"sft": 2, "rl": 2}):
+    # The same run stopped after one RL step, then continued from that checkpoint (tests/test_multiprocess.py
+    # stops and resumes mid-SFT, across processes, after the copy warm-up).
+    for steps in ({"sft": 2, "rl": 1}, {"sft": 2, "rl": 2}):
         resumed = TrainingRun(_config(tmp_path / "parts", tokenizer_dir, **steps)).run()
     expected, got = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
     for key in [(2, "sft/nll"), (2, "rl/loss"), (2, "rl/reward_mean"), (2, "rl/grad_norm"),
@@ -81,11 +81,13 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     (("rl", "optimizer", "schedule", "weird"), "rl.optimizer"),
     (("copy", "max_tokens", None, 200), "copy.row_len"),
     (("budget", "device_gb", None, 1e-4), "does not fit in device memory"),
+    # Passes the estimate (2 * 16 + 16 + 16 <= 64) but not with the tokenizer's 17-token separator.
+    (("copy", "max_gap_tokens", None, 16), "longest copy sequence"),
 ])
 def test_config_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, override, message):
     from memagent_jax.training import TrainingRun
 
-    config = _config(tmp_path, tokenizer_dir)
+    config = _config(tmp_path, tokenizer_dir, copy=1)
     section, key, sub, value = override
     if sub is None:
         config[section][key] = value

@@ -24,7 +24,7 @@ def tiny_config(copy: int = 0, sft: int = 2, rl: int = 2) -> ml_collections.Conf
     config.agent.update(chunk_size=64, max_memory_tokens=12, max_answer_tokens=8, max_question_tokens=40)
     config.engine.update(num_pages=512, max_slots=16, max_seq_len=512, max_prompt_len=480, prefill_chunk=128)
     config.train.update(row_len=512, rows_per_micro=8)
-    config.copy.update(steps=copy, batch_size=8, max_tokens=16, max_gap_tokens=16, row_len=64, rows_per_micro=8)
+    config.copy.update(steps=copy, batch_size=8, max_tokens=16, max_gap_tokens=8, row_len=64, rows_per_micro=8)
     config.sft.update(steps=sft, batch_size=2, mini_batch_size=1, lengths=(100,), tasks=("toy_code",),
                       num_samples=64)
     config.rl.update(steps=rl, batch_size=2, mini_batch_size=1, group_size=2, lengths=(100,), tasks=("toy_code",),

@@ -119,6 +119,11 @@ class CopyBatches:
         self._slice = slice(process_index * per_process, (process_index + 1) * per_process)
         self.next_index = 0
 
+    @property
+    def longest_sequence(self) -> int:
+        """Tokens in the longest sequence these batches can hold (string twice, gap, separator, end token)."""
+        return self.config.max_sequence_tokens + len(self.vocab.separator) + 1
+
     def __iter__(self) -> "CopyBatches":
         return self
 
