@@ -27,6 +27,8 @@ SFT_STEPS = 30
 RL_STEPS = 16
 
 
+# ~2 minutes on 2 cores: kept out of the default run to hold it under 15 minutes; `python -m pytest -q -m slow`.
+@pytest.mark.slow
 def test_grpo_raises_reward_from_below_0_3_to_above_0_8(tmp_path):
     train_sentencepiece(tokenizer_corpus(1500), tmp_path, vocab_size=512)
     tokenizer = load_tokenizer(tmp_path)
