@@ -59,11 +59,11 @@ def _line(kind: int, rng: random.Random) -> str:
 
 def task_corpus(num_lines: int, seed: int = 0) -> Iterator[str]:
     """`num_lines` lines (some hold two) of the synthetic tasks' documents, questions, answers and the agent's
-    templates, deterministic in `seed`; every adjective and noun of the keys appears in them."""
+    templates, deterministic in `seed`. The first ~200 lines name every adjective and noun of the keys, so
+    a corpus of at least that many lines leaves no key word to be spelled out in letters."""
     if num_lines < 0:
         raise ValueError(f"num_lines must be >= 0, got {num_lines}")
     rng = random.Random(seed)
-    # Every key word at least once, so none is left to be spelled out in letters.
     words = [f"One of the special magic numbers for {a}-{n} is: {rng.randrange(1_000_000, 10_000_000)}."
              for a, n in zip(ADJECTIVES, NOUNS * (len(ADJECTIVES) // len(NOUNS) + 1))]
     words += [f"What is the special magic number for {rng.choice(ADJECTIVES)}-{n} mentioned in the provided text?"
