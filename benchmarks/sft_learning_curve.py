@@ -1,8 +1,8 @@
-"""How fast the quickstart's tiny model learns the memory agent's job: copy warm-up, then SFT on oracle
-traces, with greedy accuracy on held-out documents every few steps (BENCHMARKS.md "Quickstart").
+"""How fast the quickstart's tiny model learns the memory agent's job: copy warm-up, retrieval warm-up, then
+SFT on oracle traces, with greedy accuracy on held-out documents every few steps (BENCHMARKS.md "Quickstart").
 
     python benchmarks/sft_learning_curve.py --tokenizer runs/quickstart/tokenizer --copy_steps 300 \
-        --sft_steps 200 --tasks niah_single --eval_lengths 256,1024,4096
+        --retrieval_steps 300 --sft_steps 200 --tasks niah_single --eval_lengths 256,1024,4096
 
 Each SFT step trains on the oracle conversations of `--batch` documents plus `--copy_mix` copy strings
 (keeping the copy skill in use). One process, one device; pin it with `taskset -c N` to run two side by side.
@@ -36,6 +36,7 @@ from memagent_jax.model.transformer import Transformer  # noqa: E402
 from memagent_jax.rl.copy_warmup import CopyBatches, CopyTaskConfig  # noqa: E402
 from memagent_jax.rl.optimizer import OptimizerConfig  # noqa: E402
 from memagent_jax.rl.policy import BatchShape, Policy  # noqa: E402
+from memagent_jax.rl.retrieval_warmup import retrieval_batch  # noqa: E402
 from memagent_jax.rl.sft import end_of_turn_id, oracle_sequences  # noqa: E402
 from memagent_jax.rl.update import UpdateConfig  # noqa: E402
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
@@ -59,6 +60,11 @@ def main() -> None:
     parser.add_argument("--digit_fraction", type=float, default=0.0)
     parser.add_argument("--max_gap_tokens", type=int, default=0)
     parser.add_argument("--copy_row_len", type=int, default=256)
+    parser.add_argument("--copy_max_tokens", type=int, default=64)
+    parser.add_argument("--retrieval_steps", type=int, default=0)
+    parser.add_argument("--retrieval_lengths", default="64,96,128")
+    parser.add_argument("--retrieval_batch", type=int, default=32)
+    parser.add_argument("--init", type=float, default=0.02, help="initializer_range of the model's weights")
     parser.add_argument("--sft_steps", type=int, default=200)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--copy_mix", type=int, default=32)
@@ -72,7 +78,8 @@ def main() -> None:
 
     start = time.time()
     tokenizer = load_tokenizer(args.tokenizer)
-    model_section = configuration.model_section("tiny", vocab_size=args.vocab_size or tokenizer.vocab_size)
+    model_section = configuration.model_section("tiny", vocab_size=args.vocab_size or tokenizer.vocab_size,
+                                                initializer_range=args.init)
     model = Transformer(configuration.build_model_config(model_section), rngs=nnx.Rngs(0))
     mesh = make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
     agent_config = AgentConfig(chunk_size=args.chunk, max_memory_tokens=96, max_answer_tokens=48,
@@ -82,7 +89,8 @@ def main() -> None:
                                         decode_steps=8))
     agent = MemoryAgent(engine, tokenizer, agent_config)
     end = end_of_turn_id(tokenizer)
-    copy_task = CopyTaskConfig(digit_fraction=args.digit_fraction, max_gap_tokens=args.max_gap_tokens)
+    copy_task = CopyTaskConfig(max_tokens=args.copy_max_tokens, digit_fraction=args.digit_fraction,
+                               max_gap_tokens=args.max_gap_tokens)
     optimizer = OptimizerConfig(learning_rate=args.learning_rate, warmup_steps=20, weight_decay=0.0)
     sft_update = UpdateConfig(objective="sft", max_segments=16)
     if args.copy_steps:
@@ -94,6 +102,16 @@ def main() -> None:
             if step % 50 == 0:
                 print(f"copy {step} nll {metrics['nll']:.3f} at {time.time() - start:.0f}s", flush=True)
         model = nnx.merge(copier.graphdef, copier.params)
+    if args.retrieval_steps:
+        retriever = Policy(model, mesh, DEFAULT_RULES, optimizer, sft_update, BatchShape(row_len=512, rows_per_micro=8))
+        short = documents(tokenizer, args.tasks.split(","), [int(n) for n in args.retrieval_lengths.split(",")],
+                          args.chunk, seed=4)
+        for step in range(1, args.retrieval_steps + 1):
+            items = [next(short) for _ in range(args.retrieval_batch)]
+            metrics = retriever.train([retrieval_batch(items, tokenizer, end, 512)])
+            if step % 50 == 0:
+                print(f"retrieval {step} nll {metrics['nll']:.3f} at {time.time() - start:.0f}s", flush=True)
+        model = nnx.merge(retriever.graphdef, retriever.params)
     policy = Policy(model, mesh, DEFAULT_RULES, optimizer, sft_update, BatchShape(row_len=1024, rows_per_micro=4))
     mixed_copies = CopyBatches(tokenizer, end, max(args.copy_mix, 1), copy_task, seed=5)
     tasks = args.tasks.split(",")

@@ -34,7 +34,8 @@ def summary(config, devices: int = 0, device_gb: float = 0.0) -> str:
         f"model: {config.model.get('checkpoint') or 'random init'}, {model.num_layers} layers, hidden "
         f"{model.hidden_size}, {model.num_params / 1e6:.1f}M parameters",
         f"mesh: {dict(config.mesh)}; workdir: {config.workdir}",
-        f"phases: copy {config.copy.steps} steps, sft {config.sft.steps} steps, rl {config.rl.steps} steps "
+        f"phases: copy {config.copy.steps} steps, retrieval {config.retrieval.steps} steps, sft {config.sft.steps} "
+        f"steps, rl {config.rl.steps} steps "
         f"(batch {settings.rl.batch_size} x group {settings.rl.group_size}, mini-batch {settings.rl.mini_batch_size})",
         f"agent: chunk {settings.agent.chunk_size}, memory {settings.agent.max_memory_tokens} tokens; packed rows "
         f"{settings.shape.row_len} x {settings.shape.rows_per_micro}",

@@ -8,7 +8,7 @@ AdamW lr 1e-6 with 20 warm-up steps then constant, weight decay 0.01, clip 1.0, 
 import ml_collections
 
 from memagent_jax.configuration import (copy_section, mesh_section, model_section, optimizer_section, output_sections,
-                                        sharding_section, tensor_parallel_rules)
+                                        retrieval_section, sharding_section, tensor_parallel_rules)
 
 # MemAgent: AdamW, lr 1e-6, 20 warm-up steps then constant, weight decay 0.01, global-norm clip 1.0.
 PAPER_OPTIMIZER = dict(learning_rate=1e-6, warmup_steps=20, weight_decay=0.01, grad_clip=1.0)
@@ -57,6 +57,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     # the paper's training documents). Real HotpotQA files come with issue 7/8's data plumbing; the run code
     # reads only the synthetic tasks of memagent_jax.data.tasks for now.
     config.copy = copy_section(0)  # pretrained models already copy
+    config.retrieval = retrieval_section(0)  # ... and find lines by their content
     config.sft = ml_collections.ConfigDict({
         "steps": 0, "batch_size": 16, "mini_batch_size": 16, "num_samples": 8192,
         "tasks": ("multihop_qa",), "lengths": (28000,),

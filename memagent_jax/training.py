@@ -1,5 +1,5 @@
-"""A whole training run from a config: copy warm-up (models from scratch), SFT warm start on oracle traces,
-then Multi-Conv GRPO.
+"""A whole training run from a config: copy and retrieval warm-ups (models from scratch), SFT warm start on
+oracle traces, then Multi-Conv GRPO.
 
 Each phase checkpoints (parameters, optimizer state, step, RNG, data-iterator state, config) every N
 steps into {workdir}/checkpoints/{phase}; a rerun with the same workdir resumes where it stopped, with
@@ -34,6 +34,7 @@ from memagent_jax.model.transformer import Transformer
 from memagent_jax.rl.config import RunSettings, copy_settings, run_settings
 from memagent_jax.rl.copy_warmup import CopyBatches
 from memagent_jax.rl.policy import Policy
+from memagent_jax.rl.retrieval_warmup import retrieval_batch
 from memagent_jax.rl.sft import end_of_turn_id
 from memagent_jax.rl.trainer import GRPOTrainer, SFTTrainer, batches_from
 from memagent_jax.rollout_layout import RolloutLayout
@@ -41,8 +42,8 @@ from memagent_jax.run_budget import check_run_budget
 from memagent_jax.runtime import build_mesh, build_model, build_tokenizer
 from memagent_jax.tokenizer import Tokenizer
 
-PHASES = ("copy", "sft", "rl")
-_PHASE_SEED = {"sft": 1, "rl": 2, "copy": 3}  # each phase reads its own stream of synthetic samples
+PHASES = ("copy", "retrieval", "sft", "rl")
+_PHASE_SEED = {"sft": 1, "rl": 2, "copy": 3, "retrieval": 4}  # each phase reads its own stream of synthetic samples
 
 
 def phase_data(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokenizer, chunk_size: int) -> Any:
@@ -127,6 +128,7 @@ class TrainingRun:
         settings = self.settings
         optimizer, update, shape = {
             "copy": (settings.copy_optimizer, settings.sft_update, settings.copy_shape),
+            "retrieval": (settings.retrieval_optimizer, settings.sft_update, settings.retrieval_shape),
             "sft": (settings.sft_optimizer, settings.sft_update, settings.shape),
             "rl": (settings.rl_optimizer, settings.rl_update, settings.shape)}[phase]
         return Policy(self.model(), self.mesh, self.rules, optimizer, update, shape)
@@ -187,6 +189,9 @@ class TrainingRun:
     def _step_function(self, phase: str, policy: Policy, data: Any) -> Callable[[int, int], dict[str, float]]:
         if phase == "copy":
             return lambda step, seed: policy.train([next(data)])
+        if phase == "retrieval":
+            end, row_len = end_of_turn_id(self.tokenizer), policy.shape.row_len
+            return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len)])
         if phase == "sft":
             trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size)
             return lambda step, seed: trainer.step(next(data))

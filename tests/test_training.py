@@ -32,7 +32,7 @@ def _metrics(workdir):
 def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_dir):
     from memagent_jax.training import TrainingRun
 
-    config = _config(tmp_path / "whole", tokenizer_dir)
+    config = _config(tmp_path / "whole", tokenizer_dir, retrieval=1)
     config.eval.enabled = True
     whole = TrainingRun(config).run()
     table = (tmp_path / "whole" / "eval" / "table.md").read_text()
@@ -40,10 +40,10 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     assert (tmp_path / "whole" / "eval" / "accuracy.png").is_file()
     # The same run stopped after one RL step, then continued from that checkpoint (tests/test_multiprocess.py
     # stops and resumes mid-SFT, across processes, after the copy warm-up).
-    for steps in ({"sft": 2, "rl": 1}, {"sft": 2, "rl": 2}):
+    for steps in ({"retrieval": 1, "sft": 2, "rl": 1}, {"retrieval": 1, "sft": 2, "rl": 2}):
         resumed = TrainingRun(_config(tmp_path / "parts", tokenizer_dir, **steps)).run()
     expected, got = _metrics(tmp_path / "whole"), _metrics(tmp_path / "parts")
-    for key in [(2, "sft/nll"), (2, "rl/loss"), (2, "rl/reward_mean"), (2, "rl/grad_norm"),
+    for key in [(1, "retrieval/nll"), (2, "sft/nll"), (2, "rl/loss"), (2, "rl/reward_mean"), (2, "rl/grad_norm"),
                 (1, "rl/logp_gap_sampler_trainer")]:
         assert key in expected, sorted(expected)[:20]
         assert got[key] == pytest.approx(expected[key], rel=1e-5, abs=1e-7), key
@@ -80,6 +80,8 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     (("sft", "tasks", None, ("nope",)), "unknown task"),
     (("rl", "optimizer", "schedule", "weird"), "rl.optimizer"),
     (("copy", "max_tokens", None, 200), "copy.row_len"),
+    (("retrieval", "tasks", None, ("nope",)), "config.retrieval.tasks"),
+    (("retrieval", "rows_per_micro", None, 0), "config.retrieval"),
     (("budget", "device_gb", None, 1e-4), "does not fit in device memory"),
     # Passes the estimate (2 * 16 + 16 + 16 <= 64) but not with the tokenizer's 17-token separator.
     (("copy", "max_gap_tokens", None, 16), "longest copy sequence"),

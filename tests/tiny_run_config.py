@@ -14,7 +14,7 @@ from memagent_jax.model.sharding import DEFAULT_RULES
 QUICKSTART = pathlib.Path(__file__).resolve().parent.parent / "configs" / "quickstart.py"
 
 
-def tiny_config(copy: int = 0, sft: int = 2, rl: int = 2) -> ml_collections.ConfigDict:
+def tiny_config(copy: int = 0, sft: int = 2, rl: int = 2, retrieval: int = 0) -> ml_collections.ConfigDict:
     config = load_config_file(str(QUICKSTART))
     config.model.update(vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                         num_kv_heads=2, head_dim=8, max_position_embeddings=1024)
@@ -25,6 +25,8 @@ def tiny_config(copy: int = 0, sft: int = 2, rl: int = 2) -> ml_collections.Conf
     config.engine.update(num_pages=512, max_slots=16, max_seq_len=512, max_prompt_len=480, prefill_chunk=128)
     config.train.update(row_len=512, rows_per_micro=8)
     config.copy.update(steps=copy, batch_size=8, max_tokens=16, max_gap_tokens=8, row_len=64, rows_per_micro=8)
+    config.retrieval.update(steps=retrieval, batch_size=4, tasks=("toy_code",), lengths=(40,), num_samples=64,
+                            row_len=128)
     config.sft.update(steps=sft, batch_size=2, mini_batch_size=1, lengths=(100,), tasks=("toy_code",),
                       num_samples=64)
     config.rl.update(steps=rl, batch_size=2, mini_batch_size=1, group_size=2, lengths=(100,), tasks=("toy_code",),

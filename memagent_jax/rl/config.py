@@ -91,6 +91,12 @@ def copy_settings(config: ml_collections.ConfigDict) -> tuple[CopyTaskConfig, Ba
     return task, shape
 
 
+def retrieval_settings(config: ml_collections.ConfigDict) -> tuple[BatchShape, OptimizerConfig]:
+    """The retrieval warm-up's packed rows and optimizer; its tasks and lengths checked like SFT's."""
+    check_phase_data(config.retrieval, "retrieval")
+    return _build(BatchShape, config.retrieval, "retrieval"), optimizer_config(config.retrieval, "retrieval")
+
+
 def check_phase_data(phase: ml_collections.ConfigDict, name: str) -> None:
     unknown = [t for t in phase.tasks if t not in TASKS]
     if unknown:
@@ -116,6 +122,8 @@ class RunSettings:
     copy_task: CopyTaskConfig
     copy_shape: BatchShape
     copy_optimizer: OptimizerConfig
+    retrieval_shape: BatchShape
+    retrieval_optimizer: OptimizerConfig
     sft_optimizer: OptimizerConfig
     sft_update: UpdateConfig
     rl_optimizer: OptimizerConfig
@@ -130,8 +138,10 @@ def run_settings(config: ml_collections.ConfigDict) -> RunSettings:
         raise ConfigError(f"config.sft.batch_size={config.sft.batch_size} must be a multiple of "
                           f"mini_batch_size={config.sft.mini_batch_size}")
     copy_task, copy_shape = copy_settings(config)
+    retrieval_shape, retrieval_optimizer = retrieval_settings(config)
     settings = RunSettings(
         copy_task=copy_task, copy_shape=copy_shape, copy_optimizer=optimizer_config(config.copy, "copy"),
+        retrieval_shape=retrieval_shape, retrieval_optimizer=retrieval_optimizer,
         agent=agent_config(config), engine=engine_config(config), shape=batch_shape(config),
         sft_optimizer=optimizer_config(config.sft, "sft"), sft_update=update_config(config, "sft"),
         rl_optimizer=optimizer_config(config.rl, "rl"), rl_update=update_config(config, "grpo"),

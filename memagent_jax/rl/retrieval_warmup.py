@@ -1,0 +1,46 @@
+"""Retrieval warm-up: teaches a model trained from scratch to find a line by its content and copy it.
+
+The copy warm-up (rl/copy_warmup.py) teaches repeating a whole string; the agent must instead find the
+one line of a chunk that answers the question (a needle: its key is in the question) and copy it,
+digits included, into the memory. Learned from oracle memories alone, inside ~400-token prompts, this
+did not start within hundreds of steps on the quickstart's tiny model: with attention spread over the
+whole prompt, the gradient towards the right line is weak. Here the same synthetic documents are made
+short (a few dozen to a few hundred tokens) and the target is dense: the document, the question, then
+the document's evidence lines (what the oracle memory holds after the last chunk). BENCHMARKS.md
+("Retrieval warm-up") has the measured effect.
+
+Sequence: document tokens, newline, question, newline | evidence lines joined by newlines, end-of-turn;
+loss on the part after the bar.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from memagent_jax.data.pipeline import AgentSample
+from memagent_jax.rl.packing import TrainSequence
+from memagent_jax.tokenizer import Tokenizer
+
+
+def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row_len: int) -> TrainSequence:
+    """One sample as a retrieval sequence; ValueError when it has no evidence or does not fit a packed row of
+    `row_len` inputs."""
+    sample = item.sample
+    # In reading order, like the oracle memory after the last chunk.
+    spans = [span.text for span in sorted(sample.document.spans, key=lambda span: span.piece)]
+    if not spans:
+        raise ValueError(f"sample {sample.index} of task {sample.task!r} has no evidence spans to retrieve")
+    newline = tokenizer.encode("\n")
+    document = [int(t) for chunk in item.iter_chunks(tokenizer) for t in chunk]
+    prompt = document + newline + [int(t) for t in item.question_ids] + newline
+    target = tokenizer.encode("\n".join(dict.fromkeys(spans))) + [end_id]
+    if len(prompt) + len(target) - 1 > row_len:
+        raise ValueError(f"sample {sample.index} of task {sample.task!r}: retrieval sequence of "
+                         f"{len(prompt) + len(target)} tokens does not fit a packed row of {row_len} "
+                         "(raise config.retrieval.row_len or lower config.retrieval.lengths)")
+    return TrainSequence(prompt + target, len(prompt))
+
+
+def retrieval_batch(items: Sequence[AgentSample], tokenizer: Tokenizer, end_id: int,
+                    row_len: int) -> list[TrainSequence]:
+    return [retrieval_sequence(item, tokenizer, end_id, row_len) for item in items]

@@ -1,0 +1,68 @@
+"""Retrieval warm-up data: a short document, its question, then its evidence lines (the only loss)."""
+
+import dataclasses
+
+import pytest
+
+from memagent_jax.data.mixture import MixtureSource
+from memagent_jax.data.pipeline import make_pipeline
+from memagent_jax.data.synthetic import SyntheticSource
+from memagent_jax.data.tasks import make_task
+from memagent_jax.rl.retrieval_warmup import retrieval_batch, retrieval_sequence
+from memagent_jax.rl.sft import end_of_turn_id
+from memagent_jax.tokenizer import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tokenizer(sp_tokenizer_dir):
+    return load_tokenizer(sp_tokenizer_dir)
+
+
+def _samples(tokenizer, task, length, count=4):
+    source = SyntheticSource(make_task(task, tokenizer, length, seed=5), 64)
+    batches = make_pipeline(MixtureSource([source]), count, tokenizer=tokenizer, chunk_tokens=32, seed=5, num_epochs=1)
+    return next(iter(batches))
+
+
+@pytest.mark.parametrize("task", ["niah_single", "vt"])
+def test_sequence_is_document_question_then_evidence_lines(tokenizer, task):
+    end = end_of_turn_id(tokenizer)
+    newline = tokenizer.encode("\n")
+    for item in _samples(tokenizer, task, 96):
+        seq = retrieval_sequence(item, tokenizer, end, row_len=512)
+        tokens = list(seq.tokens)
+        document = [int(t) for chunk in item.iter_chunks(tokenizer) for t in chunk]
+        assert len(document) > 32  # several chunks, joined back in order
+        question = [int(t) for t in item.question_ids]
+        assert tokens[:seq.prompt_len] == document + newline + question + newline
+        assert tokens[-1] == end
+        lines = tokenizer.decode(tokens[seq.prompt_len:-1]).split("\n")
+        spans = sorted(item.sample.document.spans, key=lambda span: span.piece)
+        assert lines == list(dict.fromkeys(span.text for span in spans))
+        assert all(line in tokenizer.decode(document) for line in lines)  # copied from the document
+        assert item.sample.reward_answer.split(",")[0].strip() in tokenizer.decode(tokens[seq.prompt_len:])
+
+
+def test_too_long_for_the_row_and_no_evidence_are_errors(tokenizer):
+    end = end_of_turn_id(tokenizer)
+    items = _samples(tokenizer, "niah_single", 96)
+    longest = max(len(retrieval_sequence(item, tokenizer, end, 512).tokens) for item in items)
+    assert len(retrieval_batch(items, tokenizer, end, row_len=longest - 1)) == len(items)  # inputs = tokens - 1
+    with pytest.raises(ValueError, match="config.retrieval.row_len"):
+        retrieval_batch(items, tokenizer, end, row_len=longest - 2)
+    item = items[0]
+    bare = dataclasses.replace(item, sample=dataclasses.replace(
+        item.sample, document=_NoSpans(item.sample.document)))
+    with pytest.raises(ValueError, match="no evidence spans"):
+        retrieval_sequence(bare, tokenizer, end, 512)
+
+
+class _NoSpans:
+    """A document whose evidence was not marked (as a plain text file's)."""
+
+    def __init__(self, document):
+        self._document = document
+        self.spans = ()
+
+    def __getattr__(self, name):
+        return getattr(self._document, name)
