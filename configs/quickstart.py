@@ -26,6 +26,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.tokenizer.path = ""  # empty: train a SentencePiece model into {workdir}/tokenizer
     config.tokenizer.vocab_size = config.model.vocab_size
     config.tokenizer.corpus_lines = 8000  # of data/task_corpus.py
+    # Numbers as pairs of digits (Llama 3 groups up to three): a 7-digit needle value is 4 pieces that rarely
+    # repeat, where digit by digit nearly every value repeats a digit and the tiny model's copies stutter on it.
+    config.tokenizer.digit_group = 2
 
     config.agent = ml_collections.ConfigDict({
         "chunk_size": 256, "max_memory_tokens": 96, "max_answer_tokens": 48, "max_question_tokens": 48,

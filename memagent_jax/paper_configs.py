@@ -32,6 +32,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     config.tokenizer.path = checkpoint  # the checkpoint's own tokenizer.json and chat template
     config.tokenizer.vocab_size = config.model.vocab_size
     config.tokenizer.corpus_lines = 4000  # unused with a path
+    config.tokenizer.digit_group = 1  # unused with a path
 
     # MemAgent sizes: 5,000-token chunks, 1,024-token memory, answer and question caps.
     config.agent = ml_collections.ConfigDict({

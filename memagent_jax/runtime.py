@@ -35,7 +35,11 @@ def build_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
         if (turn == "main") == (jax.process_index() == 0) and not (target / "tokenizer.model").is_file():
             logging.info("training a SentencePiece tokenizer (vocab %d) into %s", config.tokenizer.vocab_size, target)
             corpus = task_corpus(config.tokenizer.corpus_lines, seed=config.seed)
-            train_sentencepiece(corpus, target, vocab_size=config.tokenizer.vocab_size)
+            try:
+                train_sentencepiece(corpus, target, vocab_size=config.tokenizer.vocab_size,
+                                    digit_group=config.tokenizer.digit_group)
+            except ValueError as err:
+                raise configuration.ConfigError(f"config.tokenizer: {err}") from err
         multihost.barrier(f"tokenizer {turn}")
     tokenizer = load_tokenizer(target)
     if tokenizer.vocab_size > config.model.vocab_size:

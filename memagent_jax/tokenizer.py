@@ -362,14 +362,28 @@ def train_sentencepiece(
     *,
     chat_template: str = DEFAULT_CHAT_TEMPLATE,
     character_coverage: float = 1.0,
+    digit_group: int = 1,
 ) -> pathlib.Path:
     """Train a SentencePiece model from `texts`; write output_dir/tokenizer.model and tokenizer_config.json.
 
     The corpus is streamed to the trainer and never written to disk. Deterministic: the same texts give
     byte-identical models. `vocab_size` is an upper bound: a corpus too small to fill it gives a smaller
     vocabulary instead of an error. Returns the model path.
+
+    `digit_group`: numbers tokenize as groups of this many digits from the left (1 = digit by digit, as
+    Qwen2.5; Llama 3 uses groups of up to 3), the last group shorter. Every group is a piece of its own, so
+    a digit never merges with the punctuation around it.
     """
     import sentencepiece as spm
+
+    if digit_group not in (1, 2, 3):
+        raise ValueError(f"digit_group must be 1, 2 or 3 (digits per number piece), got {digit_group}")
+    # All digit strings up to the group length as user-defined pieces: SentencePiece matches them longest
+    # first, left to right, before its own segmentation (which then never sees a digit).
+    digit_pieces = [f"{n:0{width}d}" for width in range(1, digit_group + 1) for n in range(10 ** width)]
+    if digit_group > 1 and vocab_size < len(digit_pieces) + 512:  # room for 256 bytes, characters and words
+        raise ValueError(f"digit_group={digit_group} reserves {len(digit_pieces)} digit pieces: vocab_size must be "
+                         f"at least {len(digit_pieces) + 512}, got {vocab_size}")
 
     out = pathlib.Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -389,9 +403,9 @@ def train_sentencepiece(
         unk_piece=_SP_SPECIAL_PIECES["unk"],
         bos_piece=_SP_SPECIAL_PIECES["bos"],
         eos_piece=_SP_SPECIAL_PIECES["eos"],
-        user_defined_symbols=list(_CHATML_MARKERS),
+        user_defined_symbols=list(_CHATML_MARKERS) + (digit_pieces if digit_group > 1 else []),
         byte_fallback=True,  # any Unicode is encodable
-        split_digits=True,  # numbers tokenize digit by digit
+        split_digits=digit_group == 1,
         character_coverage=character_coverage,
         # Lossless round trip: no NFKC, no whitespace collapsing, no implicit leading space (which
         # would also be added to every separately encoded piece of a template).

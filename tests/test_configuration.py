@@ -83,6 +83,8 @@ def test_demo_command_runs_and_rejects_bad_flags(tmp_path):
     assert bad.returncode != 0 and "unknown config key 'model.hidden_sise'" in bad.stderr
     bad = _run(f"--config={QUICKSTART}", f"--config.workdir={tmp_path}", "--config.model.num_kv_heads=3")
     assert bad.returncode != 0 and "num_kv_heads=3" in bad.stderr.splitlines()[-1]
+    bad = _run(f"--config={QUICKSTART}", f"--config.workdir={tmp_path / 'digits'}", "--config.tokenizer.digit_group=4")
+    assert bad.returncode != 0 and "config.tokenizer: digit_group must be 1, 2 or 3" in bad.stderr
 
 
 CHATML = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' + m['content'] + '<|im_end|>\\n' }}"

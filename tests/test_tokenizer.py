@@ -78,6 +78,27 @@ def test_sp_digits_are_split(sp_tok: SentencePieceTokenizer) -> None:
     assert [sp_tok.decode([i]) for i in ids] == list("9876543210")
 
 
+@pytest.mark.parametrize("group", [2, 3])
+def test_sp_digit_groups(tmp_path: pathlib.Path, group: int) -> None:
+    path = train_sentencepiece(synthetic_corpus(600), tmp_path, vocab_size=2000, digit_group=group)
+    tok = SentencePieceTokenizer(path)
+    for text, groups in [("9876543", {2: ["98", "76", "54", "3"], 3: ["987", "654", "3"]}),
+                         ("is: 6628513.", {2: ["66", "28", "51", "3"], 3: ["662", "851", "3"]}),
+                         ("x 07}", {2: ["07"], 3: ["07"]})]:
+        pieces = [tok.decode([i]) for i in tok.encode(text)]
+        # Digits come in left-aligned groups of their own: never merged with the text around them.
+        assert [p for p in pieces if p.strip().isdigit()] == groups[group], pieces
+        assert all(p.strip().isdigit() or not any(c.isdigit() for c in p) for p in pieces), pieces
+        assert tok.decode(tok.encode(text)) == text
+
+
+def test_sp_digit_group_is_checked(tmp_path: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match="digit_group"):
+        train_sentencepiece(["a b c"], tmp_path, vocab_size=300, digit_group=4)
+    with pytest.raises(ValueError, match="vocab_size must be at least 1622"):
+        train_sentencepiece(["a b c"], tmp_path, vocab_size=1400, digit_group=3)
+
+
 def test_sp_special_ids(sp_tok: SentencePieceTokenizer) -> None:
     im_start = sp_tok.encode_chat([], add_generation_prompt=True)[0]  # "<|im_start|>assistant\n"
     user_turn = sp_tok.encode_chat([{"role": "user", "content": "x"}], add_generation_prompt=False)
