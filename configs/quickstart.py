@@ -54,8 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
         "steps": 100, "batch_size": 8, "mini_batch_size": 8, "num_samples": 100_000,
         "tasks": ("niah_single", "vt"), "lengths": (256, 512, 1024),
         "optimizer": optimizer_section(3e-3, 20)})
-    # Two GRPO steps fit the 30-minute budget: with non-zero rewards a step of 4 samples x 4 rollouts on 1-2K
-    # documents (memory updates of ~20-60 tokens) takes ~2 minutes on 2 cores; raise rl.steps where time allows.
+    # Two GRPO steps fit the 30-minute budget: a step of 4 samples x 4 rollouts on 1-2K documents takes ~40 s on
+    # 2 cores (the first ~2 minutes: it compiles the engine and the update); 6 steps took the whole run to 32
+    # minutes (BENCHMARKS.md "Digit pairs"). Raise rl.steps where time allows.
     config.rl = ml_collections.ConfigDict({
         "steps": 2, "batch_size": 4, "mini_batch_size": 2, "num_samples": 100_000,
         "tasks": ("niah_single", "vt"), "lengths": (1024, 2048),

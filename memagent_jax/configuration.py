@@ -55,11 +55,13 @@ def tensor_parallel_rules(rules: Sequence[tuple[str, Any]] = DEFAULT_RULES) -> t
 
 
 def optimizer_section(learning_rate: float, warmup_steps: int, weight_decay: float = 0.0,
-                      grad_clip: float = 1.0) -> ml_collections.ConfigDict:
-    """Every OptimizerConfig field (rl/optimizer.py), constant schedule after a linear warm-up."""
+                      grad_clip: float = 1.0, schedule: str = "constant",
+                      end_lr_fraction: float = 0.0) -> ml_collections.ConfigDict:
+    """Every OptimizerConfig field (rl/optimizer.py): a linear warm-up, then `schedule`; a cosine or linear
+    decay spans the phase's steps (total_steps 0)."""
     return ml_collections.ConfigDict({
-        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": "constant", "total_steps": 0,
-        "end_lr_fraction": 0.0, "weight_decay": weight_decay, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
+        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": schedule, "total_steps": 0,
+        "end_lr_fraction": end_lr_fraction, "weight_decay": weight_decay, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
         "grad_clip": grad_clip})
 
 

@@ -62,6 +62,23 @@ def test_semantic_errors_name_the_field():
         configuration.build_rules(config.sharding)
 
 
+def test_a_decaying_schedule_spans_its_phase_unless_told_otherwise():
+    from memagent_jax.rl.config import optimizer_config
+    from memagent_jax.rl.optimizer import learning_rate_schedule
+
+    config = _parse("--config.sft.steps=40", "--config.sft.optimizer.schedule=cosine",
+                    "--config.sft.optimizer.end_lr_fraction=0.1")
+    sft = optimizer_config(config.sft, "sft")
+    assert (sft.schedule, sft.total_steps) == ("cosine", 40)
+    lr = learning_rate_schedule(sft)
+    assert lr(20) == pytest.approx(3e-3) and lr(40) == pytest.approx(3e-4, rel=1e-3)  # warm-up, then down to 10%
+    config = _parse("--config.sft.optimizer.schedule=cosine", "--config.sft.optimizer.total_steps=500",
+                    "--config.rl.optimizer.schedule=linear")
+    assert optimizer_config(config.sft, "sft").total_steps == 500  # an explicit horizon is kept
+    assert optimizer_config(config.rl, "rl").total_steps == max(config.rl.steps, 3)
+    assert optimizer_config(config.copy, "copy").schedule == "constant"
+
+
 def test_rope_scaling_section_round_trips():
     section = configuration.model_section("llama3-8b", dtype="float32", param_dtype="float32")
     assert configuration.build_model_config(section) == get_preset("llama3-8b", dtype="float32",

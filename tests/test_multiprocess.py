@@ -1,6 +1,6 @@
 """Two processes x two CPU devices (jax.distributed, gloo collectives on localhost) train exactly like one
-process with four devices: copy warm-up, SFT steps (stopped and resumed) and a GRPO step, through the real
-CLI."""
+process with four devices: copy and retrieval warm-ups, SFT steps (stopped and resumed) and a GRPO step,
+through the real CLI."""
 
 import os
 import pathlib
@@ -19,7 +19,7 @@ CONFIG = pathlib.Path(__file__).resolve().parent / "tiny_run_config.py"
 # Global batch sizes that split over 2 processes; one GRPO step after two SFT steps. An untrained policy
 # answers nothing right (all advantages 0): an entropy bonus gives the GRPO step a gradient on every
 # sampled token, so the update it compares is a real one.
-OVERRIDES = ("--config.copy.steps=2", "--config.sft.steps=2", "--config.sft.batch_size=4",
+OVERRIDES = ("--config.copy.steps=2", "--config.retrieval.steps=2", "--config.sft.steps=2", "--config.sft.batch_size=4",
              "--config.sft.mini_batch_size=2", "--config.rl.steps=1", "--config.rl.batch_size=4",
              "--config.rl.mini_batch_size=2", "--config.rl.group_size=4",
              "--config.rl.loss.entropy_coef=0.01")
@@ -73,7 +73,7 @@ def test_two_processes_train_like_one(tmp_path, sp_tokenizer_dir):
     _train(tmp_path / "two", tokenizer_dir, processes=2, devices=2)
 
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
-    for key in [(2, "copy/nll"), (2, "sft/nll"), (2, "sft/grad_norm"), (1, "rl/loss"), (1, "rl/reward_mean"),
+    for key in [(2, "copy/nll"), (2, "retrieval/nll"), (2, "sft/nll"), (2, "sft/grad_norm"), (1, "rl/loss"), (1, "rl/reward_mean"),
                 (1, "rl/grad_norm"), (1, "rl/reward_std"), (1, "rl/pg_loss"), (1, "rl/sequences"), (1, "rl/update_tokens"), (1, "rl/groups_trained")]:
         assert key in one, sorted(one)[:30]
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
@@ -86,7 +86,7 @@ def test_two_processes_train_like_one(tmp_path, sp_tokenizer_dir):
     model_two, _ = load_hf_checkpoint(tmp_path / "two" / "export")
     for a, b in zip(jax.tree.leaves(model_one), jax.tree.leaves(model_two)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["copy", "rl", "sft"]
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["copy", "retrieval", "rl", "sft"]
     # Process 0 logs the run (the budget table, the resume); process 1 only warnings and errors.
     main_log, other_log = ((tmp_path / f"two-{rank}.log").read_text() for rank in (0, 1))
     assert "sft: resumed at step 1" in main_log and "per-device memory budget" in main_log

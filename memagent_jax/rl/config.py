@@ -52,7 +52,12 @@ def batch_shape(config: ml_collections.ConfigDict) -> BatchShape:
 
 
 def optimizer_config(phase: ml_collections.ConfigDict, name: str) -> OptimizerConfig:
-    return _build(OptimizerConfig, phase.optimizer, f"{name}.optimizer")
+    """The phase's optimizer; a decaying schedule with total_steps 0 decays over the phase's own steps (so
+    `--config.sft.steps=N` alone rescales it)."""
+    settings = dict(phase.optimizer)
+    if settings.get("schedule", "constant") != "constant" and not settings.get("total_steps"):
+        settings["total_steps"] = max(int(phase.steps), int(settings.get("warmup_steps", 0)) + 1)
+    return _build(OptimizerConfig, settings, f"{name}.optimizer")
 
 
 def loss_config(rl: ml_collections.ConfigDict) -> LossConfig:
