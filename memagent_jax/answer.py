@@ -17,7 +17,7 @@ import time
 from absl import app, flags
 
 from memagent_jax.agent.chunks import iter_text_file, iter_token_pieces
-from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory, load_sizes
+from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, AgentTask, MemoryAgent, Trajectory, load_sizes
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
@@ -31,6 +31,9 @@ _CHUNK = flags.DEFINE_integer("chunk_size", 5000, "Document tokens per memory up
 _MEMORY = flags.DEFINE_integer("max_memory_tokens", 1024, "Longest memory the model may write.")
 _ANSWER = flags.DEFINE_integer("max_answer_tokens", 1024, "Longest final answer.")
 _QUESTION_MAX = flags.DEFINE_integer("max_question_tokens", 1024, "Longest accepted question.")
+_BOUNDARY = flags.DEFINE_enum("chunk_boundary", "token", list(CHUNK_BOUNDARIES),
+                              "Where chunks end: every chunk_size tokens (the paper), or at the last line break "
+                              "that fits (default: what the checkpoint was trained with, else token).")
 _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0: greedy).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
@@ -117,7 +120,7 @@ def main(argv: list[str]) -> None:
         # Sizes saved with the checkpoint (what it was trained with) unless given on the command line.
         saved = load_sizes(_CHECKPOINT.value) if os.path.isdir(_CHECKPOINT.value) else {}
         sizes = {flag.name: (saved.get(flag.name, flag.value) if not flag.present else flag.value)
-                 for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION_MAX)}
+                 for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION_MAX, _BOUNDARY)}
         config = AgentConfig(**sizes, temperature=_TEMPERATURE.value, seed=_SEED.value)
         trajectory = answer_document(_CHECKPOINT.value, _DOCUMENT.value, _QUESTION.value, config,
                                      show_memory=_SHOW_MEMORY.value)

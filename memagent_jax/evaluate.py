@@ -14,7 +14,7 @@ import pathlib
 
 from absl import app, flags
 
-from memagent_jax.agent.memory_agent import load_sizes
+from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, load_sizes
 
 from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig, evaluate_checkpoints, format_table, length_label, \
     parse_checkpoints, parse_lengths, write_results
@@ -32,6 +32,8 @@ _CHUNK = flags.DEFINE_integer("chunk_size", _DEFAULTS.chunk_size, "Document toke
 _MEMORY = flags.DEFINE_integer("max_memory_tokens", _DEFAULTS.max_memory_tokens, "Longest memory.")
 _ANSWER = flags.DEFINE_integer("max_answer_tokens", _DEFAULTS.max_answer_tokens, "Longest final answer.")
 _QUESTION = flags.DEFINE_integer("max_question_tokens", _DEFAULTS.max_question_tokens, "Longest question.")
+_BOUNDARY = flags.DEFINE_enum("chunk_boundary", _DEFAULTS.chunk_boundary, list(CHUNK_BOUNDARIES),
+                              "Where chunks end: every chunk_size tokens, or at the last line break that fits.")
 _BATCH = flags.DEFINE_integer("batch", _DEFAULTS.batch, "Documents run at once.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Held-out task seed (not training's seed*1000 + 1 or + 2).")
 
@@ -55,7 +57,7 @@ def main(argv: list[str]) -> None:
         first = next(iter(named.values()))
         saved = load_sizes(first) if first.is_dir() else {}
         sizes = {flag.name: (flag.value if flag.present else saved.get(flag.name, flag.value))
-                 for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION)}
+                 for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION, _BOUNDARY)}
         cfg = EvalConfig(tasks=tasks, lengths=parse_lengths(_LENGTHS.value, _LONG.value),
                          samples_per_cell=_SAMPLES.value, seed=_SEED.value, batch=_BATCH.value, **sizes)
         out = pathlib.Path(_OUT.value) if _OUT.value else next(iter(named.values())) / "eval"

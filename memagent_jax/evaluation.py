@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from flax import nnx
 
-from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory
+from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, AgentTask, MemoryAgent, Trajectory
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.agent.verify import boxed_reward, extract_answer, extract_last_boxed, string_match_all_single, \
     string_match_part_single
@@ -59,6 +59,7 @@ class EvalConfig:
     max_memory_tokens: int = 96
     max_answer_tokens: int = 48
     max_question_tokens: int = 48
+    chunk_boundary: str = "line"  # "token": cut every chunk_size tokens; "line": end chunks at line breaks
     temperature: float = 0.0  # greedy: the same checkpoint always gives the same table
     batch: int = 8  # documents run at once through the engine (its decode slots)
     engine: EngineConfig | None = None  # None: sized from the agent sizes and `batch` (engine_config())
@@ -80,6 +81,8 @@ class EvalConfig:
                      "max_question_tokens", "batch"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunk_boundary not in CHUNK_BOUNDARIES:
+            errors.append(f"chunk_boundary must be one of {CHUNK_BOUNDARIES}, got {self.chunk_boundary!r}")
         if self.seed < 0 or self.seed % 1000 in TRAINING_SEED_OFFSETS:
             # Such a seed is some training run's generator seed: its samples would not be held out.
             errors.append(f"seed {self.seed} is not a held-out seed (training uses seed*1000 + 1 and + 2); "
@@ -90,7 +93,7 @@ class EvalConfig:
     def agent_config(self) -> AgentConfig:
         return AgentConfig(chunk_size=self.chunk_size, max_memory_tokens=self.max_memory_tokens,
                            max_answer_tokens=self.max_answer_tokens, max_question_tokens=self.max_question_tokens,
-                           temperature=self.temperature, seed=self.seed)
+                           temperature=self.temperature, seed=self.seed, chunk_boundary=self.chunk_boundary)
 
     def engine_config(self, prompts: AgentPrompts, page_size: int = 16) -> EngineConfig:
         """`engine` if given, else the smallest engine that fits the longest prompt plus its generation

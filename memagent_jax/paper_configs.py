@@ -36,8 +36,8 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
 
     # MemAgent sizes: 5,000-token chunks, 1,024-token memory, answer and question caps.
     config.agent = ml_collections.ConfigDict({
-        "chunk_size": 5000, "max_memory_tokens": 1024, "max_answer_tokens": 1024, "max_question_tokens": 1024,
-        "temperature": 1.0, "top_p": 1.0, "top_k": 0})
+        "chunk_size": 5000, "chunk_boundary": "token", "max_memory_tokens": 1024, "max_answer_tokens": 1024,
+        "max_question_tokens": 1024, "temperature": 1.0, "top_p": 1.0, "top_k": 0})
     # The longest prompt: chat template + instructions (~150-200 tokens) + question 1,024 + memory 1,024 +
     # chunk 5,000, about 7.2K; max_prompt_len 7,680 leaves ~450 tokens of headroom, and max_seq_len adds
     # the 1,024 generated memory or answer tokens (8,704 = 544 pages of 16).

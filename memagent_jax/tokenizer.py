@@ -182,6 +182,22 @@ class Tokenizer(abc.ABC):
     def _encode_template_text(self, text: str) -> list[int]:
         """Encode template-produced text: special-token strings become their special ids."""
 
+    def line_end_ids(self) -> frozenset[int]:
+        """Ids whose text ends with a newline: where a document chunk may end on a line boundary
+        (`agent.chunks.iter_rechunked`). Computed once per tokenizer by decoding every id alone."""
+        cached = getattr(self, "_line_end_ids", None)
+        if cached is None:
+            texts = self._decode_each(range(self.vocab_size))
+            cached = frozenset(i for i, text in enumerate(texts) if text.endswith("\n"))
+            if not cached:
+                raise ValueError("this tokenizer has no token that ends with a newline: chunks cannot end at lines")
+            self._line_end_ids = cached
+        return cached
+
+    def _decode_each(self, ids: Iterable[int]) -> list[str]:
+        """Each id decoded on its own (backends with a batch decoder override this)."""
+        return [self.decode([i]) for i in ids]
+
     def render_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
         """Render `messages` with the chat template, as `apply_chat_template(tokenize=False)` does."""
         if self._chat_template is None:
@@ -530,6 +546,9 @@ class HFTokenizer(Tokenizer):
 
     def _encode_template_text(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    def _decode_each(self, ids: Iterable[int]) -> list[str]:
+        return self._tok.decode_batch([[int(i)] for i in ids], skip_special_tokens=True)
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         # No clean_up_tokenization_spaces: transformers ignores it for BPE tokenizers (Qwen, Llama 3) too.

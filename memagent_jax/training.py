@@ -191,7 +191,8 @@ class TrainingRun:
             return lambda step, seed: policy.train([next(data)])
         if phase == "retrieval":
             end, row_len = end_of_turn_id(self.tokenizer), policy.shape.row_len
-            return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len)])
+            boxed = bool(self.config.retrieval.boxed_answer)
+            return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed)])
         if phase == "sft":
             trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size)
             return lambda step, seed: trainer.step(next(data))
@@ -218,7 +219,8 @@ class TrainingRun:
             return EvalConfig(tasks=tuple(section.tasks), lengths=lengths, samples_per_cell=section.samples_per_cell,
                               seed=self.config.seed * 1000 + 7, chunk_size=agent.chunk_size,
                               max_memory_tokens=agent.max_memory_tokens, max_answer_tokens=agent.max_answer_tokens,
-                              max_question_tokens=agent.max_question_tokens, batch=section.batch)
+                              max_question_tokens=agent.max_question_tokens, chunk_boundary=agent.chunk_boundary,
+                              batch=section.batch)
         except ValueError as err:
             raise configuration.ConfigError(f"config.eval: {err}") from err
 

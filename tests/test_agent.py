@@ -144,6 +144,50 @@ def test_rechunking_and_chunk_cache_memory_bound():
     assert cache.num_kept == 0
 
 
+def test_line_chunks_end_at_line_breaks_and_share_the_tail():
+    newline = 0
+    line = [1, 2, 3, 4, 5, newline]  # lines of 6 tokens
+    stream = line * 9 + [7, 7]  # 56 tokens
+    chunks = list(iter_rechunked([stream[:5], stream[5:31], stream[31:]], 16, {newline}))
+    # 12 tokens (two whole lines) rather than 16 ending mid-line; the last 20 tokens as 12 + 8, not 16 + 4.
+    assert [len(c) for c in chunks] == [12, 12, 12, 12, 8]
+    assert all(c[-1] == newline for c in chunks[:-1]) and sum(chunks, []) == stream
+    # A line longer than half a chunk is cut at the chunk size; a short document stays one chunk.
+    long_line = list(range(1, 30)) + [newline]
+    assert [len(c) for c in iter_rechunked([long_line * 2], 16, {newline})] == [16, 14, 16, 14]
+    assert list(iter_rechunked([line], 16, {newline})) == [line]
+
+
+def test_line_chunks_depend_only_on_the_token_stream():
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        size = int(rng.integers(1, 40))
+        stream = [int(t) for t in rng.choice(8, size=int(rng.integers(0, 300)), p=[0.2] + [0.8 / 7] * 7)]
+        cuts = sorted(rng.choice(len(stream) + 1, size=min(len(stream) + 1, 6), replace=False).tolist())
+        pieces = [stream[a:b] for a, b in zip([0] + cuts, cuts + [len(stream)])]
+        chunks = list(iter_rechunked(pieces, size, {0}))
+        assert sum(chunks, []) == stream and all(0 < len(c) <= size for c in chunks)
+        assert chunks == list(iter_rechunked([stream], size, {0}))  # however the stream was split
+        assert list(iter_rechunked(chunks, size, {0})) == chunks  # re-cutting changes nothing
+        if len(chunks) > 1:
+            assert len(chunks[-1]) >= size // 4  # the tail is shared, never a sliver
+
+
+def test_the_agent_cuts_documents_at_line_breaks_when_asked(engine, tokenizer):
+    config = AgentConfig(chunk_size=48, max_memory_tokens=10, max_answer_tokens=6, max_question_tokens=40,
+                         temperature=0.0, chunk_boundary="line")
+    [trajectory] = MemoryAgent(engine, tokenizer, config).run([_task(tokenizer, "lines", 12)])
+    text, ids = _document(tokenizer, 12)
+    chunks = list(iter_rechunked([ids], 48, tokenizer.line_end_ids()))
+    assert trajectory.num_chunks == len(chunks) > len(ids) // 48
+    for chunk, conversation in zip(chunks, trajectory.conversations):
+        prompt = conversation.prompt
+        assert any(prompt[i:i + len(chunk)] == chunk for i in range(len(prompt) - len(chunk) + 1))
+    assert all(tokenizer.decode(chunk).endswith("\n") for chunk in chunks)
+    with pytest.raises(ValueError, match="chunk_boundary must be one of"):
+        AgentConfig(chunk_boundary="sentence")
+
+
 def test_text_file_streams_in_pieces_with_invalid_bytes_counted(tmp_path, tokenizer):
     lines = [f"line {i} é 東京" for i in range(3000)]
     raw = ("\n".join(lines) + "\n").encode() + b"bad \xff\xfe bytes\n" + b"x" * 5000
@@ -186,3 +230,18 @@ def test_answering_without_keeping_prompts_gives_the_same_trajectory(engine, tok
     assert [c.response for c in light.conversations] == [c.response for c in kept.conversations]
     assert [c.prompt_len for c in light.conversations] == [len(c.prompt) for c in kept.conversations]
     assert all(c.prompt == [] for c in light.conversations) and light.answer == kept.answer
+
+
+def test_saved_agent_settings_round_trip_and_are_checked(tmp_path):
+    from memagent_jax.agent.memory_agent import AGENT_SIZES_FILE, load_sizes
+
+    AgentConfig(chunk_size=64, max_memory_tokens=12, chunk_boundary="line").save_sizes(tmp_path)
+    saved = load_sizes(tmp_path)
+    assert saved == {"chunk_size": 64, "max_memory_tokens": 12, "max_answer_tokens": 1024,
+                     "max_question_tokens": 1024, "chunk_boundary": "line"}
+    assert AgentConfig(**saved).chunk_boundary == "line"
+    (tmp_path / AGENT_SIZES_FILE).write_text('{"chunk_size": 64, "chunk_boundary": "paragraph"}')
+    with pytest.raises(ValueError, match="chunk_boundary must be one of"):
+        load_sizes(tmp_path)
+    (tmp_path / AGENT_SIZES_FILE).write_text('{"chunk_size": 64}')  # saved before chunk_boundary existed
+    assert load_sizes(tmp_path) == {"chunk_size": 64}

@@ -73,9 +73,10 @@ def test_every_cell_is_run_and_reported(evaluated, checkpoint):
             assert cell["samples"] == 2 and cell["errors"] == 0
             assert 0.0 <= cell["accuracy"] <= 1.0 and 0.0 <= cell["string_match"] <= 1.0
             assert cell["correct"] == round(cell["accuracy"] * 2)
-            # Streamed documents of about the target length, read in chunks of 64.
+            # Streamed documents of about the target length, read in chunks of 32-64 tokens that end at lines.
             assert 0.5 * 2 * cell["length"] < cell["document_tokens"] < 1.5 * 2 * cell["length"]
-            assert cell["mean_chunks"] == pytest.approx(cell["document_tokens"] / 2 / 64, abs=1)
+            per_document = cell["document_tokens"] / 2
+            assert per_document / 64 < cell["mean_chunks"] <= per_document / 32 + 1
             assert 0 < cell["mean_memory_tokens"] <= CFG.max_memory_tokens
             assert cell["seconds"] > 0 and cell["tokens_per_s"] > 0 and cell["generated_tokens"] > 0
     # Greedy decoding of the same checkpoint: both columns agree on everything but the timings, and the
@@ -145,6 +146,8 @@ def test_config_and_flag_checks(checkpoint):
         EvalConfig(seed=1002)
     with pytest.raises(ValueError, match="unknown task"):
         EvalConfig(tasks=("niah_single", "nope"))
+    with pytest.raises(ValueError, match="chunk_boundary must be one of"):
+        EvalConfig(chunk_boundary="page")
     assert parse_lengths("1024, 4K,1024", long=True) == (1024, 4096, 262144, 1048576)
     with pytest.raises(ValueError, match="'abc' is not a positive number"):
         parse_lengths("1024,abc")

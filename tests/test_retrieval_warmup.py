@@ -43,6 +43,19 @@ def test_sequence_is_document_question_then_evidence_lines(tokenizer, task):
         assert item.sample.reward_answer.split(",")[0].strip() in tokenizer.decode(tokens[seq.prompt_len:])
 
 
+@pytest.mark.parametrize("task", ["niah_single", "vt"])
+def test_boxed_answer_follows_the_evidence_lines_when_asked(tokenizer, task):
+    end = end_of_turn_id(tokenizer)
+    for item in _samples(tokenizer, task, 96):
+        plain = retrieval_sequence(item, tokenizer, end, row_len=512)
+        boxed = retrieval_sequence(item, tokenizer, end, row_len=512, boxed_answer=True)
+        assert boxed.prompt_len == plain.prompt_len
+        assert list(boxed.tokens[:boxed.prompt_len]) == list(plain.tokens[:plain.prompt_len])
+        lines = tokenizer.decode(boxed.tokens[boxed.prompt_len:-1]).split("\n")
+        assert lines[:-1] == tokenizer.decode(plain.tokens[plain.prompt_len:-1]).split("\n")
+        assert lines[-1] == "\\boxed{" + item.sample.reward_answer + "}" and boxed.tokens[-1] == end
+
+
 def test_too_long_for_the_row_and_no_evidence_are_errors(tokenizer):
     end = end_of_turn_id(tokenizer)
     items = _samples(tokenizer, "niah_single", 96)

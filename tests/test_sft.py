@@ -2,6 +2,7 @@
 
 import pytest
 
+from memagent_jax.agent.chunks import iter_rechunked
 from memagent_jax.agent.memory_agent import AgentConfig
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.data.pipeline import Tokenize
@@ -40,13 +41,19 @@ def test_a_span_cut_before_its_final_period_counts_in_the_chunk_of_its_last_word
     assert memories == [EMPTY_MEMORY, "The code is 4821."]  # the last digit is in the second chunk
 
 
-@pytest.mark.parametrize("task_name", ["niah_multikey", "vt", "toy_code"])
-def test_oracle_sequences_use_the_agent_prompts_and_end_the_turn(tokenizer, task_name):
-    agent = AgentConfig(chunk_size=64, max_memory_tokens=96, max_answer_tokens=48, max_question_tokens=64)
+@pytest.mark.parametrize("task_name, boundary", [("niah_multikey", "token"), ("vt", "token"), ("toy_code", "token"),
+                                                  ("niah_single", "line"), ("vt", "line")])
+def test_oracle_sequences_use_the_agent_prompts_and_end_the_turn(tokenizer, task_name, boundary):
+    agent = AgentConfig(chunk_size=64, max_memory_tokens=96, max_answer_tokens=48, max_question_tokens=64,
+                        chunk_boundary=boundary)
     prompts = AgentPrompts.build(tokenizer)
     item = Tokenize(tokenizer, agent.chunk_size, 10_000).map(make_task(task_name, tokenizer, 300).sample(3))
     sequences = oracle_sequences(item, tokenizer, prompts, agent)
-    chunks = [list(c) for c in item.iter_chunks(tokenizer)]
+    # The chunks the agent reads (its ChunkCache re-cuts the pipeline's chunks under the same policy).
+    chunks = list(iter_rechunked((list(c) for c in item.iter_chunks(tokenizer)), 64, agent.line_ends(tokenizer)))
+    if boundary == "line":
+        assert all(tokenizer.decode(c).endswith("\n") for c in chunks[:-1])
+        assert len(chunks) > len(list(item.iter_chunks(tokenizer)))
     assert len(sequences) == len(chunks) + 1
     end = end_of_turn_id(tokenizer)
     memory = list(prompts.initial_memory)

@@ -514,6 +514,24 @@ def test_hf_qwen_specifics(qwen_dir: pathlib.Path, monkeypatch: pytest.MonkeyPat
     _check_slot_errors(tok)
 
 
+@pytest.mark.parametrize("family", ["qwen", "llama"])
+def test_line_end_ids_are_the_tokens_that_end_a_line(family: str, request: pytest.FixtureRequest) -> None:
+    tok = HFTokenizer(request.getfixturevalue(f"{family}_dir"))
+    ends = tok.line_end_ids()
+    text = "first line.\n\nsecond line\nthird\n"
+    ids = tok.encode(text)
+    for index in range(len(ids)):
+        # An id ends a line exactly when the text up to it does.
+        assert (ids[index] in ends) == tok.decode(ids[:index + 1]).endswith("\n")
+    assert all(tok.decode([i]).endswith("\n") for i in ends)
+
+
+def test_sp_line_end_ids(sp_tok: SentencePieceTokenizer) -> None:
+    ids = sp_tok.encode("one line.\ntwo\n")
+    assert [i for i in ids if i in sp_tok.line_end_ids()] == [ids[-1], ids[-1]]
+    assert sp_tok.decode(sorted(sp_tok.line_end_ids())) == "\n"  # only the newline byte piece
+
+
 def test_hf_llama_specifics(llama_dir: pathlib.Path) -> None:
     tok = HFTokenizer(llama_dir)
     added = json.loads((llama_dir / "tokenizer.json").read_text())["added_tokens"]

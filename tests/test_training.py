@@ -59,7 +59,8 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     from memagent_jax.answer import answer_document
 
     sizes = load_sizes(whole)
-    assert sizes == {"chunk_size": 64, "max_memory_tokens": 12, "max_answer_tokens": 8, "max_question_tokens": 40}
+    assert sizes == {"chunk_size": 64, "max_memory_tokens": 12, "max_answer_tokens": 8, "max_question_tokens": 40,
+                     "chunk_boundary": "line"}
     document = tmp_path / "doc.txt"
     document.write_text("The code is 4.\n" * 30)
     trajectory = answer_document(whole, document, "What is the code?", AgentConfig(**sizes))

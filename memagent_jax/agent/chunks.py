@@ -1,6 +1,8 @@
 """Documents as streams of fixed-size token chunks, shared by the rollouts of one sample.
 
 A document is tokenized once per sample, piece by piece, and cut into chunks of `chunk_size` tokens. The
+paper cuts every `chunk_size` tokens, mid-line or even mid-number; with `line_ends` a chunk ends instead
+after the last line break that fits (see `iter_rechunked`), so no line is split between two memory updates. The
 G rollouts of a sample read the same chunks at their own pace; a chunk is kept only until every rollout
 has read it, so host memory stays bounded by the spread between rollouts, not the document's length.
 """
@@ -9,32 +11,70 @@ from __future__ import annotations
 
 import codecs
 import os
-from typing import Iterable, Iterator, Sequence
+from typing import AbstractSet, Iterable, Iterator, Sequence
 
 from memagent_jax.tokenizer import Tokenizer
 
 
-def iter_rechunked(pieces: Iterable[Sequence[int]], size: int) -> Iterator[list[int]]:
-    """Re-cuts a stream of token pieces of any sizes into chunks of exactly `size` (the last may be shorter)."""
+def iter_rechunked(pieces: Iterable[Sequence[int]], size: int,
+                   line_ends: AbstractSet[int] | None = None) -> Iterator[list[int]]:
+    """Re-cuts a stream of token pieces of any sizes into chunks of at most `size` tokens.
+
+    Without `line_ends` every chunk but the last has exactly `size` tokens. With `line_ends` (the ids whose
+    text ends in a newline, `Tokenizer.line_end_ids()`), a chunk ends after the last such id among its
+    first `size` tokens, as long as that keeps at least half of them (a longer line is still cut at `size`),
+    and the last two chunks share the tail, so no document ends with a chunk of a few tokens. Either way
+    the chunks depend only on the token stream, never on how it was split into pieces: re-cutting chunks
+    under the same policy returns them unchanged."""
     if size < 1:
         raise ValueError(f"chunk size must be >= 1, got {size}")
     buffer: list[int] = []
+    if line_ends is None:
+        for piece in pieces:
+            buffer.extend(piece)
+            if len(buffer) >= size:
+                cut = len(buffer) - len(buffer) % size
+                for start in range(0, cut, size):
+                    yield buffer[start:start + size]
+                buffer = buffer[cut:]
+        if buffer:
+            yield buffer
+        return
     for piece in pieces:
         buffer.extend(piece)
-        if len(buffer) >= size:
-            cut = len(buffer) - len(buffer) % size
-            for start in range(0, cut, size):
-                yield buffer[start:start + size]
-            buffer = buffer[cut:]
+        start = 0
+        # Cut only while more than 1.5 chunks are in hand: the stream may end within them, and then they are
+        # shared out below.
+        while len(buffer) - start > size + size // 2:
+            end = _line_cut(buffer, start, size, line_ends)
+            yield buffer[start:end]
+            start = end
+        del buffer[:start]
+    if len(buffer) > size:
+        # Two chunks for the last (size, 1.5 size] tokens, the first ending near the middle: both hold at
+        # least ~size/4 tokens and at most size (the window's lower half reaches len - size).
+        end = _line_cut(buffer, 0, min(size, len(buffer) // 2 + size // 4), line_ends)
+        yield buffer[:end]
+        del buffer[:end]
     if buffer:
         yield buffer
+
+
+def _line_cut(tokens: Sequence[int], start: int, size: int, line_ends: AbstractSet[int]) -> int:
+    """Where the chunk from `start` ends: after its last line end, if that keeps >= size/2 tokens."""
+    shortest = max(1, size // 2)
+    for index in range(start + size - 1, start + shortest - 2, -1):
+        if tokens[index] in line_ends:
+            return index + 1
+    return start + size
 
 
 class ChunkCache:
     """Chunk i of one document for `readers` rollouts; dropped once every active reader has passed it."""
 
-    def __init__(self, pieces: Iterable[Sequence[int]], chunk_size: int, readers: int):
-        self._chunks = iter_rechunked(pieces, chunk_size)
+    def __init__(self, pieces: Iterable[Sequence[int]], chunk_size: int, readers: int,
+                 line_ends: AbstractSet[int] | None = None):
+        self._chunks = iter_rechunked(pieces, chunk_size, line_ends)
         self._kept: dict[int, list[int]] = {}
         self._passed: dict[int, int] = {}
         self._loaded = 0

@@ -35,32 +35,49 @@ class AgentConfig:
     top_p: float = 1.0
     top_k: int = 0
     seed: int = 0
+    # Where chunks end: "token" cuts every chunk_size tokens (the paper); "line" ends each chunk after its
+    # last line break, so no line (a needle, a fact) is split between two memory updates.
+    chunk_boundary: str = "token"
 
     def __post_init__(self) -> None:
         for name in ("chunk_size", "max_memory_tokens", "max_answer_tokens", "max_question_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunk_boundary not in CHUNK_BOUNDARIES:
+            raise ValueError(f"AgentConfig.chunk_boundary must be one of {CHUNK_BOUNDARIES}, "
+                             f"got {self.chunk_boundary!r}")
 
     SIZE_FIELDS = ("chunk_size", "max_memory_tokens", "max_answer_tokens", "max_question_tokens")
+    # What a checkpoint keeps of the agent it was trained with: the sizes and how documents were cut.
+    SAVED_FIELDS = SIZE_FIELDS + ("chunk_boundary",)
 
     def save_sizes(self, directory: "os.PathLike | str") -> None:
-        """Writes the sizes a model was trained with next to its checkpoint (AGENT_SIZES_FILE)."""
-        sizes = {name: getattr(self, name) for name in self.SIZE_FIELDS}
+        """Writes the sizes and chunk boundary a model was trained with next to its checkpoint."""
+        sizes = {name: getattr(self, name) for name in self.SAVED_FIELDS}
         (pathlib.Path(directory) / AGENT_SIZES_FILE).write_text(json.dumps(sizes, indent=2) + "\n")
 
+    def line_ends(self, tokenizer: Tokenizer) -> frozenset[int] | None:
+        """The ids a chunk may end after under this config's chunk boundary (None: every chunk_size)."""
+        return tokenizer.line_end_ids() if self.chunk_boundary == "line" else None
 
+
+CHUNK_BOUNDARIES = ("token", "line")
 AGENT_SIZES_FILE = "memagent_agent.json"
 
 
-def load_sizes(directory: "os.PathLike | str") -> dict[str, int]:
-    """The agent sizes saved with a checkpoint ({} when it has none, e.g. a plain HF model)."""
+def load_sizes(directory: "os.PathLike | str") -> dict[str, int | str]:
+    """The agent sizes (and chunk boundary) saved with a checkpoint ({} when it has none, e.g. a plain HF
+    model; older checkpoints have no chunk_boundary)."""
     path = pathlib.Path(directory) / AGENT_SIZES_FILE
     if not path.is_file():
         return {}
     sizes = json.loads(path.read_text())
-    unknown = set(sizes) - set(AgentConfig.SIZE_FIELDS)
-    if unknown or not all(isinstance(v, int) and v > 0 for v in sizes.values()):
+    unknown = set(sizes) - set(AgentConfig.SAVED_FIELDS)
+    numbers = {k: v for k, v in sizes.items() if k in AgentConfig.SIZE_FIELDS}
+    if unknown or not all(isinstance(v, int) and v > 0 for v in numbers.values()):
         raise ValueError(f"{path}: expected positive integers for {AgentConfig.SIZE_FIELDS}, got {sizes}")
+    if sizes.get("chunk_boundary", "token") not in CHUNK_BOUNDARIES:
+        raise ValueError(f"{path}: chunk_boundary must be one of {CHUNK_BOUNDARIES}, got {sizes['chunk_boundary']!r}")
     return sizes
 
 
@@ -161,7 +178,9 @@ class MemoryAgent:
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
         questions = [self._question_ids(task) for task in tasks]
-        caches = [ChunkCache(task.document_tokens(), self.config.chunk_size, readers=group_size) for task in tasks]
+        line_ends = self.config.line_ends(self.tokenizer)
+        caches = [ChunkCache(task.document_tokens(), self.config.chunk_size, readers=group_size, line_ends=line_ends)
+                  for task in tasks]
         rollouts = [
             _Rollout(t, r, Trajectory(task.sample_id, r), self.prompts.initial_memory)
             for t, task in enumerate(tasks) for r in range(group_size)

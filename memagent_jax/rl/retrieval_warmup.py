@@ -10,7 +10,9 @@ the document's evidence lines (what the oracle memory holds after the last chunk
 ("Retrieval warm-up") has the measured effect.
 
 Sequence: document tokens, newline, question, newline | evidence lines joined by newlines, end-of-turn;
-loss on the part after the bar.
+loss on the part after the bar. With `boxed_answer` the target goes on to the agent's final answer,
+`\\boxed{...}` after one more newline: a model answers from a memory of evidence lines, and copying the value
+out of a line into the box is trained here on every sample, where SFT has one answer per document.
 """
 
 from __future__ import annotations
@@ -22,9 +24,10 @@ from memagent_jax.rl.packing import TrainSequence
 from memagent_jax.tokenizer import Tokenizer
 
 
-def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row_len: int) -> TrainSequence:
-    """One sample as a retrieval sequence; ValueError when it has no evidence or does not fit a packed row of
-    `row_len` inputs."""
+def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row_len: int,
+                       boxed_answer: bool = False) -> TrainSequence:
+    """One sample as a retrieval sequence (evidence lines, then the boxed answer when `boxed_answer`);
+    ValueError when it has no evidence or does not fit a packed row of `row_len` inputs."""
     sample = item.sample
     # In reading order, like the oracle memory after the last chunk.
     spans = [span.text for span in sorted(sample.document.spans, key=lambda span: span.piece)]
@@ -33,7 +36,10 @@ def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row
     newline = tokenizer.encode("\n")
     document = [int(t) for chunk in item.iter_chunks(tokenizer) for t in chunk]
     prompt = document + newline + [int(t) for t in item.question_ids] + newline
-    target = tokenizer.encode("\n".join(dict.fromkeys(spans))) + [end_id]
+    text = "\n".join(dict.fromkeys(spans))
+    if boxed_answer:
+        text += "\n\\boxed{" + sample.reward_answer + "}"
+    target = tokenizer.encode(text) + [end_id]
     if len(prompt) + len(target) - 1 > row_len:
         raise ValueError(f"sample {sample.index} of task {sample.task!r}: retrieval sequence of "
                          f"{len(prompt) + len(target)} tokens does not fit a packed row of {row_len} "
@@ -41,6 +47,6 @@ def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row
     return TrainSequence(prompt + target, len(prompt))
 
 
-def retrieval_batch(items: Sequence[AgentSample], tokenizer: Tokenizer, end_id: int,
-                    row_len: int) -> list[TrainSequence]:
-    return [retrieval_sequence(item, tokenizer, end_id, row_len) for item in items]
+def retrieval_batch(items: Sequence[AgentSample], tokenizer: Tokenizer, end_id: int, row_len: int,
+                    boxed_answer: bool = False) -> list[TrainSequence]:
+    return [retrieval_sequence(item, tokenizer, end_id, row_len, boxed_answer) for item in items]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from memagent_jax.agent.chunks import iter_rechunked
 from memagent_jax.agent.memory_agent import AgentConfig
 from memagent_jax.agent.prompts import EMPTY_MEMORY, AgentPrompts
 from memagent_jax.data.pipeline import AgentSample
@@ -68,7 +69,9 @@ def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentProm
         raise ValueError(f"sample {sample.index}: question of {len(question)} tokens exceeds "
                          f"max_question_tokens={agent.max_question_tokens}")
     end = end_of_turn_id(tokenizer)
-    chunks = [list(map(int, c)) for c in item.iter_chunks(tokenizer)]
+    # Cut as the agent cuts (the pipeline's chunks are plain chunk_size cuts), so SFT sees the rollouts' chunks.
+    chunks = list(iter_rechunked(([int(t) for t in c] for c in item.iter_chunks(tokenizer)), agent.chunk_size,
+                                 agent.line_ends(tokenizer)))
     sequences = []
     memory = list(prompts.initial_memory)
     for chunk, text in zip(chunks, oracle_memories(chunks, spans, tokenizer)):
