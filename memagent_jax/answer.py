@@ -17,7 +17,8 @@ import time
 from absl import app, flags
 
 from memagent_jax.agent.chunks import iter_text_file, iter_token_pieces
-from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, AgentTask, MemoryAgent, Trajectory, load_sizes
+from memagent_jax.agent.memory_agent import (CHUNK_BOUNDARIES, AgentConfig, AgentTask, MemoryAgent, Trajectory,
+                                              load_sizes)
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig

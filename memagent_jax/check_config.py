@@ -37,7 +37,8 @@ def summary(config, devices: int = 0, device_gb: float = 0.0) -> str:
         f"phases: copy {config.copy.steps} steps, retrieval {config.retrieval.steps} steps, sft {config.sft.steps} "
         f"steps, rl {config.rl.steps} steps "
         f"(batch {settings.rl.batch_size} x group {settings.rl.group_size}, mini-batch {settings.rl.mini_batch_size})",
-        f"agent: chunk {settings.agent.chunk_size} (ends at {settings.agent.chunk_boundary}s), memory {settings.agent.max_memory_tokens} tokens; packed rows "
+        f"agent: chunk {settings.agent.chunk_size} (ends at {settings.agent.chunk_boundary}s), memory "
+        f"{settings.agent.max_memory_tokens} tokens; packed rows "
         f"{settings.shape.row_len} x {settings.shape.rows_per_micro}",
     ]
     if devices:
