@@ -33,8 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Chunks end at line breaks: cut every 256 tokens, ~8% of needles were split between two chunks, and the tiny
     # model lost most of those (the paper cuts by tokens; its 7B model copes, and paper_configs keep "token").
     config.agent = ml_collections.ConfigDict({
-        "chunk_size": 256, "chunk_boundary": "line", "max_memory_tokens": 96, "max_answer_tokens": 48, "max_question_tokens": 48,
-        "temperature": 1.0, "top_p": 1.0, "top_k": 0})
+        "chunk_size": 256, "chunk_boundary": "line", "max_memory_tokens": 96, "max_answer_tokens": 48,
+        "max_question_tokens": 48, "temperature": 1.0, "top_p": 1.0, "top_k": 0})
     config.engine = ml_collections.ConfigDict({
         "page_size": 16, "num_pages": 4096, "max_slots": 64, "max_seq_len": 896, "max_prompt_len": 784,
         "prefill_chunk": 256, "prefill_batch": 8, "decode_steps": 8, "attention_backend": "auto",

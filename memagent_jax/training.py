@@ -191,7 +191,7 @@ class TrainingRun:
             return lambda step, seed: policy.train([next(data)])
         if phase == "retrieval":
             end, row_len = end_of_turn_id(self.tokenizer), policy.shape.row_len
-            boxed = bool(self.config.retrieval.boxed_answer)
+            boxed = bool(self.config.retrieval.get("boxed_answer", False))  # configs from before the option
             return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed)])
         if phase == "sft":
             trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size)

@@ -4,6 +4,7 @@ on the scorer the evaluation uses)."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -12,7 +13,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from memagent_jax.agent.memory_agent import Conversation, Trajectory
+from memagent_jax.agent.memory_agent import AgentConfig, Conversation, Trajectory
 from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.data.tasks import make_task
 from memagent_jax.evaluation import (EvalConfig, evaluate_checkpoints, format_table, length_label, parse_checkpoints,
@@ -169,3 +170,24 @@ def test_cli_errors_are_one_line(checkpoint, tmp_path, args, message):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], done.stderr
     assert not (checkpoint / "eval").exists()
+
+
+def test_cli_reads_the_chunk_boundary_saved_with_the_checkpoint(checkpoint, tmp_path):
+    folder = tmp_path / "ckpt"
+    shutil.copytree(checkpoint, folder)
+    AgentConfig(chunk_size=64, max_memory_tokens=8, max_answer_tokens=8, max_question_tokens=64,
+                chunk_boundary="token").save_sizes(folder)
+    for extra, expected in (([], "token"), (["--chunk_boundary=line"], "line")):
+        out = tmp_path / f"eval_{expected}"
+        done = subprocess.run([sys.executable, "-m", "memagent_jax.evaluate", f"--checkpoint={folder}",
+                               "--tasks=niah_single", "--lengths=256", "--samples=1", "--batch=1", f"--out={out}",
+                               *extra], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu"})
+        assert done.returncode == 0, done.stderr
+        results = json.loads((out / "results.json").read_text())
+        assert results["config"]["chunk_boundary"] == expected and results["config"]["chunk_size"] == 64
+        [cell] = results["checkpoints"][next(iter(results["checkpoints"]))]["cells"]
+        if expected == "token":  # plain cuts: every chunk but the last holds exactly 64 tokens
+            assert cell["mean_chunks"] == -(-cell["document_tokens"] // 64)
+        else:  # line cuts hold 32-64 tokens each
+            assert cell["mean_chunks"] > cell["document_tokens"] / 64
