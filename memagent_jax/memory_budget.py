@@ -28,6 +28,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from memagent_jax.engine.kv_cache import kv_cache_bytes
+from memagent_jax.model import attention
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.sharding import Rules, logical_to_spec, state_shardings
 from memagent_jax.model.transformer import Transformer
@@ -52,7 +53,7 @@ DEVICE_MEMORY_BYTES: dict[str, float] = {
 # tests/test_real_configs.py). A flash-attention backward would keep none; the bfloat16 probabilities
 # alone would be 2 bytes.
 SCORE_BYTES = 8
-ATTENTION_BLOCK = 128  # model.transformer.segment_attention's query block
+ATTENTION_BLOCK = attention.BLOCK  # model.attention.block_causal_attention's query block
 LM_HEAD_F32_ARRAYS = 3  # logits, log-probs and probabilities of one LM-head piece (float32)
 
 AnyMesh = Mesh | AbstractMesh
@@ -116,7 +117,7 @@ def local_size(name: str, size: int, mesh: AnyMesh, rules: Rules) -> int:
 
 
 def scores_per_head(row_len: int, block: int = ATTENTION_BLOCK) -> int:
-    """Attention scores of one head over one packed row, as segment_attention computes them: query blocks
+    """Attention scores of one head over one packed row, as block_causal_attention computes them: query blocks
     see keys up to their own end (the upper triangle is skipped); rows it cannot block are dense."""
     if row_len <= block or row_len % block:
         return row_len * row_len
@@ -133,9 +134,10 @@ def activation_bytes(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *, row
     With r local rows of T tokens, c the compute dtype's bytes, d the model dimension, and h, k, f, V the
     local query heads, KV heads, MLP width and vocabulary (head size e), one decoder layer keeps:
 
-    - per token, in the compute dtype: the two residual-stream inputs and the two normed inputs (4d),
-      q and the attention output (2he), rotated k and v (2ke), and the SwiGLU gate, up, activation and
-      product (4f); in float32: the two RMSNorm inputs (2d) and the rotary q and k (he + ke);
+    - per token, in the compute dtype: the two normed inputs (2d), q and the attention output (2he),
+      rotated k and v (2ke), and the SwiGLU gate, up, activation and product (4f); in float32: the two
+      residual-stream inputs, which are also the RMSNorm inputs (2d; the stream is float32, see
+      Transformer.embed), and the rotary q and k (he + ke);
     - per score: SCORE_BYTES for each of h heads x scores_per_head(T), plus the one-byte mask per score.
 
     Then the last hidden state and its float32 norm input per token, and one LM-head piece being
@@ -143,7 +145,7 @@ def activation_bytes(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *, row
     [r, piece_len, V] arrays.
 
     `remat_layers=True` models decoder layers under jax.checkpoint (UpdateConfig.remat / config.train.remat):
-    each layer keeps only its input, and one layer's full set above exists while it is recomputed.
+    each layer keeps only its (float32) input, and one layer's full set above exists while it is recomputed.
     """
     c = model_cfg.compute_dtype.itemsize
     d, e = model_cfg.hidden_size, model_cfg.head_dim
@@ -153,10 +155,10 @@ def activation_bytes(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *, row
     mlp = local_size("mlp", model_cfg.intermediate_size, mesh, rules)
     vocab = local_size("vocab", model_cfg.vocab_size, mesh, rules)
     tokens = rows * row_len
-    per_token = c * (4 * d + 2 * heads * e + 2 * kv_heads * e + 4 * mlp) + 4 * (2 * d + (heads + kv_heads) * e)
+    per_token = c * (2 * d + 2 * heads * e + 2 * kv_heads * e + 4 * mlp) + 4 * (2 * d + (heads + kv_heads) * e)
     scores = rows * scores_per_head(row_len)
     layer = tokens * per_token + scores * (SCORE_BYTES * heads + 1)
-    stored = (model_cfg.num_layers * tokens * c * d + layer) if remat_layers else model_cfg.num_layers * layer
+    stored = (model_cfg.num_layers * tokens * 4 * d + layer) if remat_layers else model_cfg.num_layers * layer
     head = tokens * (c + 4) * d + LM_HEAD_F32_ARRAYS * 4 * rows * min(piece_len, row_len) * vocab
     return int(stored + head)
 

@@ -10,12 +10,8 @@ from flax import nnx
 
 from memagent_jax.model.config import PRESETS, ModelConfig, RopeScaling, get_preset
 from memagent_jax.model.layers import rope_inverse_frequencies
-from memagent_jax.model.transformer import (
-    Transformer,
-    causal_segment_mask,
-    padding_to_segments,
-    positions_from_segments,
-)
+from memagent_jax.model.attention import segment_mask
+from memagent_jax.model.transformer import Transformer, padding_to_segments, positions_from_segments
 
 SMALL = ModelConfig(
     family="qwen2", vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
@@ -111,7 +107,7 @@ def test_llama3_rope_scaling_bands():
 def test_positions_and_mask_for_packed_rows():
     seg = jnp.asarray([[1, 1, 1, 2, 2, 3, 0, 0]])
     np.testing.assert_array_equal(positions_from_segments(seg), [[0, 1, 2, 0, 1, 0, 0, 0]])
-    mask = np.asarray(causal_segment_mask(seg))[0]
+    mask = np.asarray(segment_mask(seg))[0]
     assert mask[2, 0] and not mask[0, 2]  # causal inside a segment
     assert not mask[3, 2] and mask[4, 3]  # segments do not see each other
     assert not mask[6].any() and not mask[:, 6].any()  # padding sees and is seen by nothing
@@ -175,22 +171,3 @@ def test_jit_forward_matches_eager(model):
 def test_bad_token_rank():
     with pytest.raises(ValueError, match=r"tokens must be \[batch, length\]"):
         Transformer(SMALL, rngs=nnx.Rngs(0))(jnp.zeros((4,), jnp.int32))
-
-
-def test_blocked_segment_attention_equals_the_dense_mask():
-    from memagent_jax.model.transformer import causal_segment_mask, dense_attention, segment_attention
-
-    rng = np.random.default_rng(0)
-    batch, length, heads, kv_heads, head_dim = 2, 384, 4, 2, 8
-    q = jnp.asarray(rng.normal(size=(batch, length, heads, head_dim)), jnp.float32)
-    k = jnp.asarray(rng.normal(size=(batch, length, kv_heads, head_dim)), jnp.float32)
-    v = jnp.asarray(rng.normal(size=(batch, length, kv_heads, head_dim)), jnp.float32)
-    # Packed rows: segments crossing block boundaries, then padding.
-    seg = np.zeros((batch, length), np.int32)
-    seg[0, :100], seg[0, 100:300], seg[0, 300:350] = 1, 2, 3
-    seg[1, :384] = 1
-    seg = jnp.asarray(seg)
-    blocked = segment_attention(q, k, v, seg, block=128)
-    dense = dense_attention(q, k, v, causal_segment_mask(seg))
-    real = np.asarray(seg > 0)
-    np.testing.assert_allclose(np.asarray(blocked)[real], np.asarray(dense)[real], rtol=1e-5, atol=1e-6)

@@ -17,10 +17,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-BACKENDS = ("auto", "reference", "pallas_gpu", "tpu")
+from memagent_jax.model.attention import BLOCK, block_causal_attention, group_queries, masked_attention, ungroup_queries
 
-# Finite rather than -inf so fully masked rows never produce inf - inf = NaN.
-_MASK_VALUE = -1e30
+BACKENDS = ("auto", "reference", "pallas_gpu", "tpu")
 
 
 def check_paged_shapes(q_heads: int, head_dim: int, k_pages: jax.Array, v_pages: jax.Array) -> int:
@@ -52,19 +51,6 @@ def gather_sequence_kv(
     return gather(k_pages), gather(v_pages)
 
 
-def _masked_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """q [B, KV, G, Q, hd], k/v [B, KV, T, hd], mask [B, 1, 1, Q, T] -> float32 [B, KV, G, Q, hd]."""
-    hi = jax.lax.Precision.HIGHEST  # keep the truth free of TF32/bf16 passes on accelerators
-    scores = jnp.einsum("bkgqd,bktd->bkgqt", q.astype(jnp.float32), k.astype(jnp.float32), precision=hi)
-    scores = jnp.where(mask, scores * q.shape[-1] ** -0.5, _MASK_VALUE)
-    probs = jnp.where(mask, jnp.exp(scores - scores.max(axis=-1, keepdims=True)), 0.0)
-    denom = probs.sum(axis=-1, keepdims=True)
-    # Zero masked values too: 0 * (stale NaN/inf in an unused slot) would still be NaN.
-    v = jnp.where(mask.any(axis=(2, 3))[..., None], v.astype(jnp.float32), 0.0)
-    out = jnp.einsum("bkgqt,bktd->bkgqd", probs, v, precision=hi)
-    return out / jnp.maximum(denom, 1e-30)
-
-
 def paged_decode_attention_reference(
     q: jax.Array, k_pages: jax.Array, v_pages: jax.Array, page_table: jax.Array, lengths: jax.Array
 ) -> jax.Array:
@@ -75,8 +61,8 @@ def paged_decode_attention_reference(
     num_keys = k.shape[2]
     mask = jnp.arange(num_keys)[None, :] < lengths[:, None]  # [B, T]
     qg = q.reshape(batch, num_heads // group, group, 1, head_dim)
-    out = _masked_attention(qg, k, v, mask[:, None, None, None, :])
-    return out.reshape(batch, num_heads, head_dim).astype(q.dtype)
+    out = masked_attention(qg, k, v, mask[:, None, None, None, :])
+    return out.reshape(batch, num_heads, head_dim)
 
 
 def paged_prefill_attention_reference(
@@ -92,16 +78,13 @@ def paged_prefill_attention_reference(
     The chunk's own keys/values must already be in the pages. A query at position p sees its sequence's keys
     0..p; queries with q_valid False get zeros. Only the sequence's max_pages pages are gathered.
     """
-    batch, chunk, num_heads, head_dim = q.shape
+    num_heads, head_dim = q.shape[2:]
     group = check_paged_shapes(num_heads, head_dim, k_pages, v_pages)
     k, v = gather_sequence_kv(k_pages, v_pages, page_table)
     num_keys = k.shape[2]
     key_pos = jnp.arange(num_keys)
     mask = (key_pos[None, None, :] <= q_positions[:, :, None]) & q_valid[:, :, None]  # [B, C, T]
-    qg = q.reshape(batch, chunk, num_heads // group, group, head_dim).transpose(0, 2, 3, 1, 4)
-    out = _masked_attention(qg, k, v, mask[:, None, None])  # [B, KV, G, C, hd]
-    out = out.transpose(0, 3, 1, 2, 4).reshape(batch, chunk, num_heads, head_dim)
-    return out.astype(q.dtype)
+    return ungroup_queries(masked_attention(group_queries(q, num_heads // group), k, v, mask[:, None, None]))
 
 
 def resolve_backend(backend: str, q: jax.Array | None = None) -> str:
@@ -145,30 +128,10 @@ def paged_decode_attention(
     return paged_decode_attention_reference(q, k_pages, v_pages, page_table, lengths)
 
 
-def causal_chunk_attention(
-    q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, block: int = 128
-) -> jax.Array:
+def causal_chunk_attention(q: jax.Array, k: jax.Array, v: jax.Array, valid: jax.Array, block: int = BLOCK
+                           ) -> jax.Array:
     """Causal attention of a chunk over itself: q [B, C, H, hd], k/v [B, C, KV, hd], valid [B, C].
 
-    For prefill chunks that start a sequence (no earlier keys), so nothing is read back from the pages.
-    Query blocks attend only to keys up to their own end, which skips the masked upper triangle:
-    about (n + 1) / 2n of the full work for n blocks.
-    """
-    batch, chunk, num_heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    group = num_heads // kv_heads
-    block = min(block, chunk)
-    if chunk % block:
-        block = chunk
-    qg = q.reshape(batch, chunk, kv_heads, group, head_dim).transpose(0, 2, 3, 1, 4)  # [B, KV, G, C, hd]
-    kt = k.transpose(0, 2, 1, 3)  # [B, KV, C, hd]
-    vt = v.transpose(0, 2, 1, 3)
-    index = jnp.arange(chunk)
-    outputs = []
-    for start in range(0, chunk, block):
-        end = start + block
-        causal = index[None, start:end, None] >= index[None, None, :end]  # [1, block, end]
-        mask = causal & valid[:, None, :end] & valid[:, start:end, None]  # [B, block, end]
-        outputs.append(_masked_attention(qg[:, :, :, start:end], kt[:, :, :end], vt[:, :, :end], mask[:, None, None]))
-    out = jnp.concatenate(outputs, axis=3)  # [B, KV, G, C, hd]
-    return out.transpose(0, 3, 1, 2, 4).reshape(batch, chunk, num_heads, head_dim).astype(q.dtype)
+    For prefill chunks that start a sequence (no earlier keys), so nothing is read back from the pages:
+    the trainer's own block-causal attention, with one segment per row (invalid tokens as padding)."""
+    return block_causal_attention(q, k, v, valid.astype(jnp.int32), block)

@@ -69,6 +69,6 @@ def paged_forward(
             out = attention.paged_prefill_attention_reference(
                 q, cache.k[index], cache.v[index], page_table, positions, valid
             )
-        x = x + attn.project_out(out.astype(x.dtype))
+        x = x + attn.project_out(out)
         x = x + layer.mlp(layer.post_attention_layernorm(x))
     return x, cache

@@ -16,6 +16,7 @@ from flax import nnx
 from memagent_jax.engine.kv_cache import KVCache
 from memagent_jax.engine.paged_forward import paged_forward
 from memagent_jax.engine.sampling import SlotSampling, sample_tokens
+from memagent_jax.model.numerics import POLICY_PROGRAMS
 
 
 class PrefillBatch(NamedTuple):
@@ -50,7 +51,7 @@ def make_prefill_fn(graphdef: nnx.GraphDef, on_trace: Callable[[str], None]) -> 
     samples a token after each row's last valid position (used only for rows whose prompt ends in this
     chunk). `fresh` (static): every row starts at position 0, so attention needs no page reads."""
 
-    @functools.partial(jax.jit, donate_argnums=(1,), static_argnums=(3,))
+    @functools.partial(jax.jit, donate_argnums=(1,), static_argnums=(3,), compiler_options=POLICY_PROGRAMS)
     def prefill(state: nnx.State, cache: KVCache, batch: PrefillBatch, fresh: bool):
         on_trace(f"prefill{tuple(batch.tokens.shape)}/pages{batch.page_table.shape[1]}" + ("/fresh" if fresh else ""))
         model = nnx.merge(graphdef, state)
@@ -82,7 +83,7 @@ def make_decode_fn(
     """decode(state, cache, batch) -> (DecodeOutput, cache): up to `num_steps` tokens per slot without
     returning to the host; a slot stops early on a stop id or when its budget is spent."""
 
-    @functools.partial(jax.jit, donate_argnums=(1,))
+    @functools.partial(jax.jit, donate_argnums=(1,), compiler_options=POLICY_PROGRAMS)
     def decode(state: nnx.State, cache: KVCache, batch: DecodeBatch):
         on_trace(f"decode{tuple(batch.tokens.shape)}x{num_steps}/pages{batch.page_table.shape[1]}")
         model = nnx.merge(graphdef, state)

@@ -42,7 +42,9 @@ class ModelConfig:
     rms_norm_eps: float = 1e-6
     qkv_bias: bool = False
     tie_word_embeddings: bool = False
-    # Numerics: `dtype` is what matmuls and activations run in, `param_dtype` what weights are stored in.
+    # Numerics: `dtype` is what matmuls run in (their inputs and outputs), `param_dtype` what the trained
+    # weights are stored in (float32 masters: updates of lr 1e-6 survive; see rl/precision.py). The residual
+    # stream, norms, softmax, logits and losses are float32 whatever `dtype` says.
     dtype: str = "float32"
     param_dtype: str = "float32"
     initializer_range: float = 0.02

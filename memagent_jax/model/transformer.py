@@ -11,11 +11,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from memagent_jax.model.attention import block_causal_attention
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.layers import KeySequence, RMSNorm, apply_rope, logical_param, rope_inverse_frequencies
-
-# Finite rather than -inf so that fully masked rows (padding queries) give a harmless uniform softmax.
-_MASK_VALUE = -0.7 * float(jnp.finfo(jnp.float32).max)
 
 
 def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
@@ -27,14 +25,6 @@ def positions_from_segments(segment_ids: jax.Array) -> jax.Array:
     )
     start = jax.lax.cummax(jnp.where(is_start, index, 0), axis=segment_ids.ndim - 1)
     return jnp.where(segment_ids > 0, index - start, 0).astype(jnp.int32)
-
-
-def causal_segment_mask(segment_ids: jax.Array) -> jax.Array:
-    """[B, T, T] boolean: query i may see key j iff j <= i and both are in the same non-pad segment."""
-    seq_len = segment_ids.shape[-1]
-    causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))
-    same = segment_ids[..., :, None] == segment_ids[..., None, :]
-    return causal & same & (segment_ids[..., None, :] > 0)
 
 
 def _normal(cfg: ModelConfig) -> nnx.Initializer:
@@ -76,46 +66,7 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
         q, k, v = self.project_qkv(x, positions)
-        return self.project_out(segment_attention(q, k, v, segment_ids))
-
-
-def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Masked softmax attention, GQA by grouping query heads; scores and softmax in float32.
-
-    q [B, T, H, hd], k/v [B, S, KV, hd], mask [B, T, S] -> [B, T, H, hd].
-    """
-    batch, q_len, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    grouped = q.reshape(batch, q_len, kv_heads, heads // kv_heads, head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", grouped, k, preferred_element_type=jnp.float32)
-    scores = scores * (head_dim**-0.5)
-    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(batch, q_len, heads, head_dim)
-
-
-def segment_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
-                      block: int = 128) -> jax.Array:
-    """Causal attention within segments (packed rows, padding = segment 0), q [B, T, H, hd], k/v [B, T, KV, hd].
-
-    Query blocks of `block` tokens attend only to keys up to their own end: the masked upper triangle is
-    never computed (about (n + 1) / 2n of the work for n blocks), and each block's scores stay small enough
-    to live in cache, which is what makes long packed rows affordable on CPUs. Masks are built per block
-    from the segment ids, never as a whole [B, T, T] array.
-    """
-    length = q.shape[1]
-    if length <= block or length % block:
-        return dense_attention(q, k, v, causal_segment_mask(segment_ids))
-    index = jnp.arange(length)
-    outputs = []
-    for start in range(0, length, block):
-        end = start + block
-        causal = index[start:end, None] >= index[None, :end]  # [block, end]
-        queries, keys = segment_ids[:, start:end, None], segment_ids[:, None, :end]
-        mask = causal[None] & (queries == keys) & (keys > 0)  # [B, block, end]
-        outputs.append(dense_attention(q[:, start:end], k[:, :end], v[:, :end], mask))
-    return jnp.concatenate(outputs, axis=1)
+        return self.project_out(block_causal_attention(q, k, v, segment_ids))
 
 
 class MLP(nnx.Module):
@@ -162,7 +113,15 @@ class Transformer(nnx.Module):
             self.lm_head = logical_param(rngs, _normal(cfg), (d, cfg.vocab_size), wd, ("embed", "vocab"))
 
     def embed(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.cfg.compute_dtype)
+        """The residual stream's start [B, T, D], in float32 whatever the compute dtype.
+
+        The embedding is rounded to the compute dtype first (so float32 masters and the engine's bfloat16
+        copy give the same stream). The stream stays float32: each layer adds its compute-dtype output to
+        it, and only the normed inputs of the matmuls are rounded. A bfloat16 stream rounds every residual
+        add, and those roundings fall differently in programs of different shapes (the engine's decode
+        steps, the trainer's packed rows), which made up most of what remained of the bfloat16
+        sampler/trainer log-prob gap once attention was shared (benchmarks/logprob_gap.py)."""
+        return jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.cfg.compute_dtype).astype(jnp.float32)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Final norm and LM head; logits in float32 whatever the compute dtype."""

@@ -9,6 +9,7 @@ their compute. A non-finite loss or gradient leaves parameters and optimizer sta
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from memagent_jax.model.numerics import POLICY_PROGRAMS
 from memagent_jax.rl import grpo
 from memagent_jax.rl.logprobs import token_stats
 
@@ -65,7 +67,7 @@ def make_logprob_fn(graphdef: nnx.GraphDef, cfg: UpdateConfig) -> Callable:
         zeros = jnp.zeros(micro["tokens"].shape, jnp.float32)
         return jax.lax.cond(jnp.any(micro["loss_mask"] > 0), lambda: one(params, micro), lambda: (zeros, zeros))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=POLICY_PROGRAMS)
     def logprobs(params: Any, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         return jax.lax.map(lambda micro: one_or_skip(params, micro), batch)
 
@@ -131,4 +133,4 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
                    "loss_tokens": jnp.sum(mask), **{k: v / tokens for k, v in sums.items()}}
         return new_params, new_opt_state, metrics
 
-    return jax.jit(update, donate_argnums=(0, 1))
+    return jax.jit(update, donate_argnums=(0, 1), compiler_options=POLICY_PROGRAMS)
