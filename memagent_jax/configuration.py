@@ -58,11 +58,11 @@ def optimizer_section(learning_rate: float, warmup_steps: int, weight_decay: flo
                       grad_clip: float = 1.0, schedule: str = "constant",
                       end_lr_fraction: float = 0.0) -> ml_collections.ConfigDict:
     """Every OptimizerConfig field (rl/optimizer.py): a linear warm-up, then `schedule`; a cosine or linear
-    decay spans the phase's steps (total_steps 0)."""
+    decay spans the phase's steps (total_steps 0); Adam's moments in float32 (state_dtype)."""
     return ml_collections.ConfigDict({
         "learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": schedule, "total_steps": 0,
         "end_lr_fraction": end_lr_fraction, "weight_decay": weight_decay, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
-        "grad_clip": grad_clip})
+        "grad_clip": grad_clip, "state_dtype": "float32"})
 
 
 def copy_section(steps: int, batch_size: int = 64, learning_rate: float = 3e-3, digit_fraction: float = 0.0,

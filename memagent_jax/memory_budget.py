@@ -2,9 +2,13 @@
 
 Everything a training run keeps on each device at the peak of an update, item by item:
 
-- params, optimizer state, reference weights (the frozen KL reference, a copy of the starting weights)
-  and gradients, all in the training layout;
-- the engine's own copy of the weights in the rollout layout (it never aliases the trained ones);
+- params (the master weights, in param_dtype: float32 in every shipped config), optimizer state (in its
+  state_dtype, float32), reference weights (the frozen KL reference, a copy of the starting weights in
+  the compute dtype), gradients (float32 sums) and the compute-dtype copies of the weights that the
+  forward and backward passes read (none when compute and master dtypes agree), all in the training
+  layout;
+- the engine's own copy of the weights in the rollout layout and the compute dtype (it never aliases the
+  trained ones);
 - the engine's KV pages (the engine places its cache replicated over the mesh: every device holds all
   pages);
 - the activations of one micro-batch kept for the backward pass (`activation_bytes` gives the formula).
@@ -32,6 +36,7 @@ from memagent_jax.model import attention
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.sharding import Rules, logical_to_spec, state_shardings
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.rl.precision import cast_floating
 
 # HBM per device as JAX sees it (one JAX device per GPU; one per TPU v4/v5p chip, whose two TensorCores
 # run as one "megacore" device; one per single-core v5e/v6e chip).
@@ -58,7 +63,8 @@ LM_HEAD_F32_ARRAYS = 3  # logits, log-probs and probabilities of one LM-head pie
 
 AnyMesh = Mesh | AbstractMesh
 
-_ITEMS = ("params", "optimizer", "reference", "gradients", "rollout_weights", "kv_cache", "activations")
+_ITEMS = ("params", "optimizer", "reference", "gradients", "compute_weights", "rollout_weights", "kv_cache",
+          "activations")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +75,7 @@ class Budget:
     optimizer: int
     reference: int
     gradients: int
+    compute_weights: int
     rollout_weights: int
     kv_cache: int
     activations: int
@@ -170,21 +177,25 @@ def per_device_budget(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *,
     """Bytes per device of a colocated GRPO run (training.TrainingRun's layout), item by item.
 
     rules / rollout_rules: the training and the engine's sharding rules (None: the engine uses `rules`).
-    reference: a KL reference copy exists (rl.policy keeps one when kl_coef > 0).
-    gradients: two params-sized trees in the training layout, the accumulator carried through the
+    reference: a KL reference copy exists (rl.policy keeps one, in the compute dtype, when kl_coef > 0).
+    gradients: two float32 params-sized trees in the training layout, the accumulator carried through the
     micro-batch scan and the current micro-batch's gradient (rl.update).
+    compute_weights: the weights rounded to the compute dtype for the matmuls, counted whole (XLA may keep
+    every layer's copy for the backward pass); zero when the masters are already in the compute dtype.
     """
     params = abstract_params(model_cfg)
     train_shardings = state_shardings(params, mesh, rules)
     param_bytes = shard_bytes(params, train_shardings)
+    compute_bytes = shard_bytes(cast_floating(params, model_cfg.compute_dtype), train_shardings)
     opt_state, opt_shardings = optimizer_shardings(optimizer, params, train_shardings, mesh)
     rollout_shardings = state_shardings(params, mesh, rules if rollout_rules is None else rollout_rules)
     return Budget(
         params=param_bytes,
         optimizer=shard_bytes(opt_state, opt_shardings),
-        reference=param_bytes if reference else 0,
-        gradients=2 * param_bytes,
-        rollout_weights=shard_bytes(params, rollout_shardings),
+        reference=compute_bytes if reference else 0,
+        gradients=2 * shard_bytes(cast_floating(params, jnp.float32), train_shardings),
+        compute_weights=compute_bytes if model_cfg.compute_dtype != model_cfg.weight_dtype else 0,
+        rollout_weights=shard_bytes(cast_floating(params, model_cfg.compute_dtype), rollout_shardings),
         kv_cache=kv_cache_bytes(model_cfg, kv_pages, page_size),
         activations=activation_bytes(model_cfg, mesh, rules, row_len=row_len, rows_per_micro=rows_per_micro,
                                      piece_len=piece_len, remat_layers=remat_layers),

@@ -20,7 +20,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.workdir = workdir
-    config.model = model_section(preset)  # bfloat16 weights and compute
+    config.model = model_section(preset)  # bfloat16 compute, float32 master weights
     # Users point this at their HF folder; when set, its config.json defines the architecture.
     config.model.checkpoint = checkpoint
     config.mesh = mesh_section(**mesh)
@@ -67,15 +67,17 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     # for the 7B, 256/16 for the 14B: 16 updates per step), one PPO epoch; advantage = reward - group mean (no std division), no DAPO filters. 400 steps:
     # the paper's gains appear within the first 150-400.
     # Loss: PPO clip 0.2/0.2 (clip-higher: raise clip_high, e.g. 0.28 as DAPO or 0.3 as a reproduction did),
-    # dual clip 3.0, token-mean over the mini-batch, k3 KL to the reference at 0.001, no entropy bonus, no
-    # truncated importance weights (tis_cap 0 = off; 2.0 corrects sampler/trainer numerics mismatch).
+    # dual clip 3.0, token-mean over the mini-batch, k3 KL to the reference at 0.001, no entropy bonus.
+    # Truncated importance sampling on (tis_cap 2.0; 0 = off): the bfloat16 engine and trainer are two
+    # programs whose log-probs of the same tokens differ by rounding (benchmarks/logprob_gap.py), and each
+    # token's loss is weighted by min(exp(old_logp - sampler_logp), 2) to correct for it.
     config.rl = ml_collections.ConfigDict({
         "steps": 400, "batch_size": batch_size, "mini_batch_size": mini_batch_size, "num_samples": 8192,
         "tasks": ("multihop_qa",), "lengths": (28000,),
         "group_size": 16, "dynamic_sampling": False, "max_refills": 4,
         "normalize_std": False, "overlong": "none", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",
-                 "aggregation": "token-mean", "tis_cap": 0.0, "entropy_coef": 0.0},
+                 "aggregation": "token-mean", "tis_cap": 2.0, "entropy_coef": 0.0},
         "optimizer": optimizer_section(**PAPER_OPTIMIZER)})
 
     # The held-out synthetic evaluation after training (SFT-only beside SFT+GRPO): off here, since it runs on

@@ -22,6 +22,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 
 from memagent_jax.model.sharding import MESH_AXES, Rules, make_mesh, state_shardings
+from memagent_jax.rl.precision import cast_floating
 
 
 def _process_devices(process: int) -> list[jax.Device]:
@@ -40,7 +41,10 @@ def local_mesh_shape(mesh_shape: dict[str, int], local_devices: int) -> dict[str
 class RolloutLayout:
     """The engine's shardings and the function that moves trained weights onto them."""
 
-    def __init__(self, abstract_state: Any, train_mesh: Mesh, rules: Rules):
+    def __init__(self, abstract_state: Any, train_mesh: Mesh, rules: Rules, dtype: Any = None):
+        """dtype: the engine's weight dtype (the model's compute dtype); trained weights are cast to it before
+        they move, so float32 masters travel as the bfloat16 copy the engine keeps. None: as they are."""
+        self.dtype = dtype
         self.multiprocess = jax.process_count() > 1
         if not self.multiprocess:
             self.mesh = train_mesh
@@ -55,8 +59,8 @@ class RolloutLayout:
         self.shardings = state_shardings(abstract_state, self.mesh, rules)
 
     def place(self, state: Any) -> Any:
-        """Trained weights (any layout) -> the engine's layout: a fresh copy, never an alias."""
-        moved = jax.device_put(state, self._target, may_alias=False)
+        """Trained weights (any layout) -> the engine's layout (and dtype): a fresh copy, never an alias."""
+        moved = jax.device_put(self._cast(state), self._target, may_alias=False)
         if not self.multiprocess:
             return moved
         return jax.tree.map(self._local_view, moved, self.shardings)
@@ -65,12 +69,21 @@ class RolloutLayout:
         """Trained weights to `engine` for the next rollouts, copied once: one process lets the engine move
         them onto its shardings; N processes gather them here and hand the engine the fresh copy."""
         if not self.multiprocess:
-            engine.update_weights(state)
+            cast = self._cast(state)
+            # A cast made fresh arrays nobody else holds: the engine may take them without another copy.
+            engine.update_weights(cast, owned=_all_new(cast, state))
         else:
             engine.update_weights(self.place(state), owned=True)
+
+    def _cast(self, state: Any) -> Any:
+        return state if self.dtype is None else cast_floating(state, self.dtype)
 
     @staticmethod
     def _local_view(value: jax.Array, sharding: NamedSharding) -> jax.Array:
         shards = {shard.device: shard.data for shard in value.addressable_shards}
         arrays = [shards[device] for device in sharding.mesh.devices.flat]
         return jax.make_array_from_single_device_arrays(value.shape, sharding, arrays)
+
+
+def _all_new(cast: Any, original: Any) -> bool:
+    return all(a is not b for a, b in zip(jax.tree.leaves(cast), jax.tree.leaves(original)))

@@ -103,11 +103,11 @@ class TrainingRun:
         rollout_rules = configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules else self.rules
         self.model_config = model.cfg
         self.graphdef, self.params = nnx.split(model)
-        # The engine keeps its own copy of the weights in the rollout layout (with N processes: on each
-        # process's own devices); new weights arrive each step. (A copy, never an alias: training donates
-        # its buffers to each update.)
+        # The engine keeps its own copy of the weights in the rollout layout and the compute dtype (with N
+        # processes: on each process's own devices); new weights arrive each step. (A copy, never an alias:
+        # training donates its buffers to each update.)
         try:
-            self.rollout_layout = RolloutLayout(self.params, self.mesh, rollout_rules)
+            self.rollout_layout = RolloutLayout(self.params, self.mesh, rollout_rules, model.cfg.compute_dtype)
         except ValueError as err:
             raise configuration.ConfigError(f"config.mesh / config.rollout_sharding: {err}") from err
         self.engine = Engine(nnx.merge(self.graphdef, self.rollout_layout.place(self.params)), self.settings.engine)

@@ -59,7 +59,7 @@ def test_real_config_is_valid_with_the_papers_settings(path):
     assert _flatten(config) == _flatten(quickstart)  # same keys and value types: same overrides work
     settings = run_settings(config)  # must not raise
     model_cfg = configuration.build_model_config(config.model)
-    assert model_cfg.param_dtype == model_cfg.dtype == "bfloat16"
+    assert (model_cfg.dtype, model_cfg.param_dtype) == ("bfloat16", "float32")  # bfloat16 compute, float32 masters
     assert config.tokenizer.path == config.model.checkpoint
     agent, rl, loss, opt = settings.agent, settings.rl, settings.rl_update.loss, settings.rl_optimizer
     assert (agent.chunk_size, agent.max_memory_tokens, agent.max_answer_tokens, agent.max_question_tokens) == \
@@ -107,8 +107,13 @@ def test_14b_on_tpu_v5p_64_fits_a_chip_with_per_layer_remat():
     print("\nQwen2.5-14B, TPU v5p-64 (32 chips), mesh", dict(mesh.shape), "\n" + format_budget(current, device))
     print("with per-layer remat\n" + format_budget(remat, device))
     model_cfg = configuration.build_model_config(config.model)
-    # Weights: FSDP x TP over all 32 chips in training, TP over 8 for the engine.
-    assert remat.params == pytest.approx(2 * model_cfg.num_params / V5P_64_DEVICES, rel=0.01)
+    # Float32 masters, Adam moments and gradient sums, FSDP x TP over all 32 chips in training; bfloat16 for
+    # the KL reference and the compute copies there, and for the engine's weights, TP over 8.
+    per_chip = model_cfg.num_params / V5P_64_DEVICES
+    assert remat.params == pytest.approx(4 * per_chip, rel=0.01)
+    assert remat.optimizer == pytest.approx(8 * per_chip, rel=0.01)
+    assert remat.gradients == pytest.approx(8 * per_chip, rel=0.01)
+    assert remat.reference == remat.compute_weights == pytest.approx(2 * per_chip, rel=0.01)
     assert remat.rollout_weights == pytest.approx(2 * model_cfg.num_params / 8, rel=0.01)
     check_fits(remat, device)
     with pytest.raises(ValueError, match="activations"):
@@ -121,7 +126,7 @@ def test_14b_on_one_chip_does_not_fit_and_names_the_weights():
     budget = per_device_budget(model_cfg, mesh, sharding.DEFAULT_RULES,
                                optimizer=make_optimizer(OptimizerConfig()), kv_pages=1024, page_size=16,
                                row_len=8704, rows_per_micro=1, remat_layers=True)
-    assert budget.params == 2 * model_cfg.num_params  # bfloat16, unsharded
+    assert budget.params == 4 * model_cfg.num_params  # float32 masters, unsharded
     assert budget.optimizer >= 2 * budget.params  # AdamW's two moments
     with pytest.raises(ValueError) as err:
         check_fits(budget, DEVICE_MEMORY_BYTES["TPU v5p"])

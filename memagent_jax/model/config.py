@@ -203,11 +203,12 @@ def _qwen25(hidden: int, inter: int, layers: int, heads: int, kv: int, tie: bool
         family="qwen2", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
         num_heads=heads, num_kv_heads=kv, head_dim=hidden // heads, max_position_embeddings=32768,
         rope_theta=1_000_000.0, rms_norm_eps=1e-6, qkv_bias=True, tie_word_embeddings=tie,
-        dtype="bfloat16", param_dtype="bfloat16",
+        dtype="bfloat16", param_dtype="float32",
     )
 
 
-# Published architectures (from the models' config.json files); accelerators use bfloat16.
+# Published architectures (from the models' config.json files). Accelerators compute in bfloat16 and
+# train float32 master weights (exported in bfloat16, the checkpoints' own dtype).
 PRESETS: dict[str, ModelConfig] = {
     # The embedded CPU default: a few hundred thousand parameters, trains in minutes on 2 cores.
     "tiny": ModelConfig(
@@ -224,7 +225,7 @@ PRESETS: dict[str, ModelConfig] = {
         family="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32,
         num_heads=32, num_kv_heads=8, head_dim=128, max_position_embeddings=131072, rope_theta=500000.0,
         rope_scaling=RopeScaling(8.0, 1.0, 4.0, 8192), rms_norm_eps=1e-5, qkv_bias=False,
-        tie_word_embeddings=False, dtype="bfloat16", param_dtype="bfloat16",
+        tie_word_embeddings=False, dtype="bfloat16", param_dtype="float32",
     ),
 }
 

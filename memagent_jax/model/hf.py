@@ -494,14 +494,15 @@ def save_hf_checkpoint(
 ) -> Path:
     """Writes `model` as an HF checkpoint folder (config.json + safetensors, sharded past max_shard_bytes).
 
-    dtype: the stored weight dtype (default: the model's param_dtype). One parameter at a time is
+    dtype: the stored weight dtype (default: the model's compute dtype, its own: float32 master weights of a
+    bfloat16 model are written rounded to bfloat16, as the checkpoint it came from). One parameter at a time is
     gathered to the host. Everything is written to a temporary sibling and renamed into place at the end.
     """
     target = Path(directory)
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not overwrite)):
         raise FileExistsError(f"{target} exists and is not an empty folder; pass overwrite=True to replace it")
     cfg = model.cfg
-    store = np.dtype(_dtype_name(dtype if dtype is not None else cfg.param_dtype))
+    store = np.dtype(_dtype_name(dtype if dtype is not None else cfg.dtype))
     hf_config = cfg.replace(param_dtype=store.name).to_hf()
     variables = _model_variables(nnx.state(model), cfg)
     names = tensor_names(cfg)

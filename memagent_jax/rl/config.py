@@ -20,6 +20,7 @@ from memagent_jax.rl.experience import ExperienceConfig
 from memagent_jax.rl.grpo import LossConfig
 from memagent_jax.rl.optimizer import OptimizerConfig
 from memagent_jax.rl.policy import BatchShape
+from memagent_jax.rl.precision import precision_problems
 from memagent_jax.rl.trainer import RLConfig
 from memagent_jax.rl.update import UpdateConfig
 
@@ -151,9 +152,29 @@ def run_settings(config: ml_collections.ConfigDict) -> RunSettings:
         sft_optimizer=optimizer_config(config.sft, "sft"), sft_update=update_config(config, "sft"),
         rl_optimizer=optimizer_config(config.rl, "rl"), rl_update=update_config(config, "grpo"),
         rl=rl_config(config))
+    check_precision(config, settings)
     longest = max(settings.agent.max_memory_tokens, settings.agent.max_answer_tokens)
     if settings.engine.max_prompt_len + longest > settings.shape.row_len + 1:
         raise ConfigError(
             f"config.train.row_len={settings.shape.row_len} cannot hold the longest conversation: "
             f"engine.max_prompt_len {settings.engine.max_prompt_len} + {longest} generated tokens")
     return settings
+
+
+def check_precision(config: ml_collections.ConfigDict, settings: RunSettings) -> None:
+    """Every phase that trains can move its master weights at its learning rate, and its optimizer state
+    decays (rl/precision.py): a bfloat16 master or Adam state that would silently drop the updates stops
+    the run here, naming the keys."""
+    optimizers = {"copy": settings.copy_optimizer, "retrieval": settings.retrieval_optimizer,
+                  "sft": settings.sft_optimizer, "rl": settings.rl_optimizer}
+    for phase, optimizer in optimizers.items():
+        if not config[phase].steps:
+            continue
+        problems = precision_problems(
+            param_dtype=config.model.param_dtype, state_dtype=optimizer.state_dtype,
+            learning_rate=optimizer.learning_rate, b1=optimizer.b1, b2=optimizer.b2,
+            weight_scale=config.model.initializer_range)
+        if problems:
+            raise ConfigError(f"config.model.param_dtype={config.model.param_dtype!r} with config.{phase}.optimizer "
+                              f"(learning_rate={optimizer.learning_rate:g}, state_dtype={optimizer.state_dtype!r}): "
+                              + "; ".join(problems))

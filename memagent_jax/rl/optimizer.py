@@ -1,4 +1,8 @@
-"""AdamW with warm-up, a learning-rate schedule and global-norm gradient clipping, placed like the params."""
+"""AdamW with warm-up, a learning-rate schedule and global-norm gradient clipping, placed like the params.
+
+The optimizer's state (Adam's moments) lives in `state_dtype`, float32 by default whatever the parameters'
+dtype: bfloat16(0.999) is 1.0, so a bfloat16 second moment would never decay (see rl/precision.py).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,11 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
+
+from memagent_jax.rl.precision import STATE_DTYPES, cast_floating
 
 SCHEDULES = ("constant", "cosine", "linear")
 
@@ -24,6 +31,7 @@ class OptimizerConfig:
     b2: float = 0.999
     eps: float = 1e-8
     grad_clip: float = 1.0  # global-norm clip; 0 turns it off
+    state_dtype: str = "float32"  # Adam's moments (and the update's arithmetic); see rl/precision.py
 
     def __post_init__(self) -> None:
         errors = []
@@ -39,6 +47,8 @@ class OptimizerConfig:
             errors.append(f"end_lr_fraction must be in [0, 1], got {self.end_lr_fraction}")
         if self.weight_decay < 0 or self.grad_clip < 0:
             errors.append("weight_decay and grad_clip must be >= 0")
+        if self.state_dtype not in STATE_DTYPES:
+            errors.append(f"state_dtype must be one of {STATE_DTYPES}, got {self.state_dtype!r}")
         if not (0 <= self.b1 < 1 and 0 <= self.b2 < 1 and self.eps > 0):
             errors.append(f"need 0 <= b1, b2 < 1 and eps > 0, got {self.b1}, {self.b2}, {self.eps}")
         if errors:
@@ -67,7 +77,22 @@ def make_optimizer(cfg: OptimizerConfig) -> optax.GradientTransformation:
     parts = [optax.clip_by_global_norm(cfg.grad_clip)] if cfg.grad_clip > 0 else []
     parts.append(optax.adamw(learning_rate_schedule(cfg), b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
                              weight_decay=cfg.weight_decay))
-    return optax.chain(*parts)
+    return in_dtype(optax.chain(*parts), jnp.dtype(cfg.state_dtype))
+
+
+def in_dtype(inner: optax.GradientTransformation, dtype: jnp.dtype) -> optax.GradientTransformation:
+    """`inner` with its state, its arithmetic and the updates it returns in `dtype`: gradients and params
+    are cast on the way in (optax's own mu_dtype covers only Adam's first moment). Adding float32 updates
+    to float32 master weights keeps steps far below a bfloat16 weight's spacing."""
+
+    def init(params: Any) -> Any:
+        return inner.init(cast_floating(params, dtype))
+
+    def update(updates: Any, state: Any, params: Any = None) -> tuple[Any, Any]:
+        return inner.update(cast_floating(updates, dtype), state,
+                            None if params is None else cast_floating(params, dtype))
+
+    return optax.GradientTransformation(init, update)
 
 
 def init_optimizer_state(optimizer: optax.GradientTransformation, params: Any) -> Any:

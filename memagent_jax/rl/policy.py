@@ -22,6 +22,7 @@ from memagent_jax.model.sharding import Rules, batch_sharding
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, make_optimizer
 from memagent_jax.rl.packing import TrainSequence, micro_batches, pack
+from memagent_jax.rl.precision import cast_floating
 from memagent_jax.rl.update import UpdateConfig, make_logprob_fn, make_update_fn
 
 
@@ -47,9 +48,11 @@ class Policy:
         self.mesh, self.update_config, self.shape = mesh, update, shape
         self.optimizer = make_optimizer(optimizer)
         self.opt_state = init_optimizer_state(self.optimizer, self.params)
-        # The frozen reference policy for the KL term: a copy of the starting weights unless given.
+        # The frozen reference policy for the KL term: a copy of the starting weights unless given, held in
+        # the compute dtype (the forward pass rounds the weights to it anyway).
         if update.uses_reference:
-            self.reference = reference if reference is not None else jax.tree.map(jnp.copy, self.params)
+            self.reference = reference if reference is not None else \
+                cast_floating(self.params, model.cfg.compute_dtype, copy=True)
         else:
             self.reference = None
         rows = batch_sharding(mesh, rules, ndim=2)

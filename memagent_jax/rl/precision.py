@@ -18,14 +18,17 @@ import numpy as np
 STATE_DTYPES = ("float32", "bfloat16")
 
 
-def cast_floating(tree: Any, dtype: Any) -> Any:
-    """Every floating-point leaf cast to `dtype` (a no-op for leaves already in it); others kept."""
+def cast_floating(tree: Any, dtype: Any, copy: bool = False) -> Any:
+    """Every floating-point leaf (array or ShapeDtypeStruct) cast to `dtype`; others kept. A leaf already in `dtype` is returned as it
+    is, or copied with copy=True (for a copy that must outlive buffers the trainer donates)."""
     dtype = jnp.dtype(dtype)
 
     def cast(x: Any) -> Any:
         if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != dtype:
+            if isinstance(x, jax.ShapeDtypeStruct):  # abstract trees (memory budgets) cast too
+                return jax.ShapeDtypeStruct(x.shape, dtype, sharding=x.sharding)
             return x.astype(dtype)
-        return x
+        return jnp.copy(x) if copy and hasattr(x, "dtype") else x
 
     return jax.tree.map(cast, tree)
 

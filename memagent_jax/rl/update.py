@@ -2,8 +2,8 @@
 
 One call = one mini-batch update: the loss of every micro-batch is divided by the mini-batch's total
 denominator (response tokens or sequences, counted before the scan), so accumulated gradients equal the
-gradient of the whole mini-batch whatever the split. Empty micro-batches (padding to a power of two) skip
-their compute. A non-finite loss or gradient leaves parameters and optimizer state untouched.
+gradient of the whole mini-batch whatever the split (summed in float32 whatever the params' dtype). Empty
+micro-batches (padding to a power of two) skip their compute. A non-finite loss or gradient leaves parameters and optimizer state untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from flax import nnx
 from memagent_jax.model.numerics import POLICY_PROGRAMS
 from memagent_jax.rl import grpo
 from memagent_jax.rl.logprobs import token_stats
+from memagent_jax.rl.precision import cast_floating
 
 OBJECTIVES = ("grpo", "sft")
 
@@ -51,8 +52,8 @@ class UpdateConfig:
         return ("pg_loss", "clipped", "ratio", "entropy") + (("kl",) if self.uses_reference else ())
 
 
-def _zeros_like(tree: Any) -> Any:
-    return jax.tree.map(jnp.zeros_like, tree)
+def _float32_zeros_like(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), tree)
 
 
 def make_logprob_fn(graphdef: nnx.GraphDef, cfg: UpdateConfig) -> Callable:
@@ -110,16 +111,18 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
 
             def compute(_):
                 (value, aux), grad = grad_fn(params, micro, denominator)
-                return value, aux, grad
+                return value, aux, cast_floating(grad, jnp.float32)
 
             def skip(_):
-                return jnp.float32(0), {k: jnp.float32(0) for k in sums}, _zeros_like(params)
+                return jnp.float32(0), {k: jnp.float32(0) for k in sums}, _float32_zeros_like(params)
 
             value, aux, grad = jax.lax.cond(jnp.any(micro["loss_mask"] > 0), compute, skip, None)
             grads = jax.tree.map(jnp.add, grads, grad)
             return (grads, loss + value, {k: sums[k] + aux[k] for k in sums}), None
 
-        init = (_zeros_like(params), jnp.float32(0), {k: jnp.float32(0) for k in cfg.token_metrics})
+        # Gradient sums in float32 whatever the params' dtype: a bfloat16 sum over hundreds of micro-batches
+        # loses percents of the gradient.
+        init = (_float32_zeros_like(params), jnp.float32(0), {k: jnp.float32(0) for k in cfg.token_metrics})
         (grads, loss, sums), _ = jax.lax.scan(body, init, batch)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
