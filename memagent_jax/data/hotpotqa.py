@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -31,6 +30,7 @@ from memagent_jax.data.document import Document, Sample, Span, TextTokenizer
 from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error
 from memagent_jax.data.haystack import doc_header
 from memagent_jax.data.pool import draw_distractors, numbered_pieces
+from memagent_jax.data.readers import read_json
 from memagent_jax.data.synthetic import stable_id
 
 __all__ = [
@@ -119,10 +119,7 @@ def _parse(element: object) -> tuple[dict, list[tuple[str, str]], list[tuple[str
 @functools.lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int, on_error: str) -> HotpotQA:
     check_on_error(on_error)
-    try:
-        data = json.loads(pathlib.Path(path).read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RecordError(path, f"invalid JSON: {err}") from None
+    data = read_json(path)
     if not isinstance(data, list):
         raise RecordError(path, "expected a JSON array of HotpotQA questions")
     skip_log = SkipLog(path)
