@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from memagent_jax.data.document import Document, Sample, Span, TextTokenizer
-from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error
+from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error, one_line_errors
 from memagent_jax.data.haystack import doc_header
 from memagent_jax.data.pool import draw_distractors, numbered_pieces
 from memagent_jax.data.readers import read_json
@@ -296,7 +296,10 @@ def write_ruler_hqa(
     seed: int = 42,
     fmt: str = "memagent_eval",
 ) -> list[pathlib.Path]:
-    """Write ``ruler_hqa_{N}.jsonl`` for each N in ``doc_counts`` (MemAgent's evaluation rows by default)."""
+    """Write ``ruler_hqa_{N}.jsonl`` for each N in ``doc_counts`` (MemAgent's evaluation rows by default).
+
+    Bounded memory at any N: samples are made one at a time, each context is streamed into its row in
+    groups of whole documents (writers.write_jsonl), and each file appears only when complete."""
     from memagent_jax.data.writers import write_jsonl
 
     out = pathlib.Path(out_dir)
@@ -311,7 +314,13 @@ def write_ruler_hqa(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build RULER-HQA evaluation files from HotpotQA dev.")
+    parser = argparse.ArgumentParser(
+        prog="python -m memagent_jax.data.hotpotqa",
+        description="Write the RULER-HQA evaluation sets of the MemAgent paper to OUT_DIR/ruler_hqa_{N}.jsonl, one "
+        "file per document count N (default: 50 ... 25,600, about 7K ... 3.5M tokens): one row per question (the "
+        "first --num_questions of the file) {context, input, answers, num_docs, index, answer_mode}, the context "
+        "being the question's own paragraphs plus distractors up to N documents. Prints the files written.",
+    )
     parser.add_argument("--hotpotqa", required=True, help="path to hotpotqa.json (scripts/fetch_hotpotqa.sh)")
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--num_docs", default=",".join(map(str, DOC_COUNTS)), help="comma-separated counts")
@@ -319,8 +328,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--format", default="memagent_eval", choices=["memagent_eval", "memagent_train"])
     args = parser.parse_args(argv)
-    counts = [int(x) for x in args.num_docs.split(",") if x]
-    for p in write_ruler_hqa(args.hotpotqa, args.out_dir, counts, args.num_questions, args.seed, args.format):
+    with one_line_errors(parser.prog):
+        counts = [int(x) for x in args.num_docs.split(",") if x]
+        paths = write_ruler_hqa(args.hotpotqa, args.out_dir, counts, args.num_questions, args.seed, args.format)
+    for p in paths:
         print(p)
 
 
