@@ -284,7 +284,8 @@ def context_order(
 
 def gold_spans(pool: Sequence[str], order: np.ndarray, supporting: Sequence[int]) -> list[Span]:
     """Where the supporting paragraphs sit in ``order``: (piece index, title), those present only."""
-    position = {int(d): k for k, d in enumerate(order)}
+    hits = np.flatnonzero(np.isin(order, supporting))  # no dict of all positions: contexts reach 25,600+
+    position = {int(order[k]): int(k) for k in hits}
     return [Span(position[d], pool[d].split("\n", 1)[0]) for d in supporting if d in position]
 
 

@@ -60,7 +60,7 @@ def tiny_bpe_tokenizer(out_dir: str | pathlib.Path, vocab_size: int = 600) -> To
 
 
 def _sentence(rng: np.random.Generator, subject: str) -> str:
-    words = [key_by_number(int(k)) for k in rng.integers(0, num_keys(), int(rng.integers(3, 12)))]
+    words = [key_by_number(int(k)) for k in rng.integers(0, num_keys(), int(rng.integers(2, 7)))]
     return f"The {subject} is close to the {' and the '.join(words)}."
 
 
@@ -73,7 +73,7 @@ def hotpotqa_questions(num_questions: int, paragraphs: int = 10, seed: int = 0) 
     for q in range(num_questions):
         context = []
         for p in range(paragraphs):
-            sentences = [_sentence(rng, f"T{q}-{p}") for _ in range(int(rng.integers(1, 5)))]
+            sentences = [_sentence(rng, f"T{q}-{p}") for _ in range(int(rng.integers(1, 4)))]
             if p == 3:
                 sentences[0] = f"The answer of question {q} is answer{q}."
             context.append([f"T{q}-{p}", [(" " if i else "") + s for i, s in enumerate(sentences)]])
