@@ -137,7 +137,8 @@ def test_ruler_hqa_25600_documents_streamed_in_bounded_memory(tmp_path: pathlib.
 
 
 def test_ruler_hqa_files_same_seed_same_bytes(hotpot: pathlib.Path, tmp_path: pathlib.Path) -> None:
-    a, b, c = (write_ruler_hqa(hotpot, tmp_path / d, (30, 60), num_questions=4, seed=s) for d, s in (("a", 7), ("b", 7), ("c", 8)))
+    runs = (("a", 7), ("b", 7), ("c", 8))
+    a, b, c = (write_ruler_hqa(hotpot, tmp_path / d, (30, 60), num_questions=4, seed=s) for d, s in runs)
     assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
     assert a[0].read_bytes() != c[0].read_bytes()
 

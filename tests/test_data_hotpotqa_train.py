@@ -49,7 +49,8 @@ def test_schema_and_read_back_by_parquet_source(dev, tmp_path: pathlib.Path) -> 
     schema = pq.read_schema(out)
     assert schema.remove_metadata().equals(train_schema().remove_metadata(), check_metadata=False)
     assert schema.names == ["data_source", "prompt", "context", "reward_model", "extra_info"]
-    assert schema.field("reward_model").type == pa.struct([("style", pa.string()), ("ground_truth", pa.list_(pa.string()))])
+    reward = pa.struct([("style", pa.string()), ("ground_truth", pa.list_(pa.string()))])
+    assert schema.field("reward_model").type == reward
     assert read_split(out) == split
     assert pq.ParquetFile(out).metadata.num_row_groups == -(-split["rows"] // 8)  # written group by group
 
@@ -60,7 +61,8 @@ def test_schema_and_read_back_by_parquet_source(dev, tmp_path: pathlib.Path) -> 
         q = questions[row["extra_info"]["index"]]
         sample = source[i]
         assert sample.question == q["question"] == row["prompt"][0]["content"] and row["prompt"][0]["role"] == "user"
-        assert sample.answers == (q["answer"],) and row["reward_model"] == {"style": "rule", "ground_truth": [q["answer"]]}
+        assert sample.answers == (q["answer"],)
+        assert row["reward_model"] == {"style": "rule", "ground_truth": [q["answer"]]}
         assert row["data_source"] == "hotpotqa" and sample.meta["num_docs"] == 40
         docs = row["context"].split("\n\n")
         assert [d.split("\n", 1)[0] for d in docs] == [f"Document {k}:" for k in range(1, 41)]
@@ -138,7 +140,7 @@ def test_bad_input_gives_one_clear_line(dev, tmp_path: pathlib.Path, capsys: pyt
         build_training_set(squad_shaped, out)
     questions[5]["answer"] = " "
     empty = _write(tmp_path / "empty_answer.json", questions)
-    with pytest.raises(RecordError, match=r"empty_answer\.json \(element 5\): field 'answer' should be a non-empty string"):
+    with pytest.raises(RecordError, match=r"answer\.json \(element 5\): field 'answer' should be a non-empty string"):
         build_training_set(empty, out, eval_questions=2)
     split = build_training_set(empty, out, eval_questions=2, num_docs=20, on_error="skip")
     assert split["skipped_malformed"] == 1 and split["rows"] == 29 - 2 - 2  # counted, not silently dropped

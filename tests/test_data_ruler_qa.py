@@ -15,7 +15,9 @@ from memagent_jax.data.squad import load_squad
 from memagent_jax.data.testing import hotpotqa_questions, squad_dataset, tiny_sp_tokenizer
 
 FIELDS = ["index", "input", "outputs", "length", "length_w_model_temp", "answer_prefix"]
-INSTRUCTION = "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+INSTRUCTION = (
+    "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def hotpot(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def _documents(row: dict) -> list[str]:
-    """The document bodies of a RULER QA input (a string, or the builder's iterator), checking the prompt around them."""
+    """The document bodies of a RULER QA input (a string or the builder's iterator); checks the prompt around them."""
     text = row["input"] if isinstance(row["input"], str) else "".join(row["input"])
     assert text.startswith(HEAD) and row["answer_prefix"] == ANSWER_PREFIX
     context, tail = text[len(HEAD) :].rsplit("\n\n" + INSTRUCTION + "\n\nQuestion: ", 1)
@@ -116,8 +118,8 @@ def test_beyond_the_pool_the_pool_repeats(squad, tok) -> None:
 
 
 def test_same_seed_same_bytes_and_read_back(squad, hotpot, tok, tmp_path: pathlib.Path) -> None:
-    runs = [write_ruler_qa("qa_2", hotpot, tok, [3000], tmp_path / name, num_samples=5, seed=seed) for name, seed in
-            (("a", 1), ("b", 1), ("c", 2))]
+    seeds = (("a", 1), ("b", 1), ("c", 2))
+    runs = [write_ruler_qa("qa_2", hotpot, tok, [3000], tmp_path / n, num_samples=5, seed=seed) for n, seed in seeds]
     a, b, c = (pathlib.Path(run[0]["path"]).read_bytes() for run in runs)
     assert a == b != c
     source = open_source(runs[0][0]["path"], ruler_answer_mode="any")
@@ -143,7 +145,7 @@ def test_bad_input_gives_one_clear_line(squad, hotpot, tok, tmp_path: pathlib.Pa
     raw = json.loads(squad.read_text())
     raw["data"][2]["paragraphs"][1]["qas"][0]["answers"][0]["text"] = ""
     squad.write_text(json.dumps(raw), encoding="utf-8")
-    with pytest.raises(RecordError, match=r"article 2, paragraph 1, question 0\): every answer should have a non-empty 'text'"):
+    with pytest.raises(RecordError, match=r"article 2, paragraph 1, question 0\): every answer should have a non-"):
         RulerQA("qa_1", squad, tok, 4096)
     qa = RulerQA("qa_1", squad, tok, 4096, on_error="skip")
     assert len(qa.questions) == 239 and load_squad(squad, "skip").skip_log.total == 1  # counted

@@ -34,13 +34,17 @@ class HeldOut:
     gold_paragraphs: frozenset[str]  # "title\ntext", as in the pool
 
     @classmethod
-    def first_questions(cls, eval_path: str | os.PathLike, num_questions: int = 128, on_error: OnError = "raise") -> "HeldOut":
+    def first_questions(
+        cls, eval_path: str | os.PathLike, num_questions: int = 128, on_error: OnError = "raise"
+    ) -> "HeldOut":
         """The first ``num_questions`` valid questions of ``eval_path`` (RULER-HQA's evaluation set)."""
         if num_questions < 0:
             raise ValueError(f"the number of evaluation questions must be >= 0, got {num_questions}")
         data = load_hotpotqa(eval_path, on_error)
         if num_questions > len(data.questions):
-            raise ValueError(f"{eval_path} has {len(data.questions)} questions, fewer than the {num_questions} held out")
+            raise ValueError(
+                f"{eval_path} has {len(data.questions)} questions, fewer than the {num_questions} held out"
+            )
         held = data.questions[:num_questions]
         return cls(
             eval_path=str(data.path),

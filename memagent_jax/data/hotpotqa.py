@@ -181,7 +181,8 @@ class PoolDocument(Document):
         return self._spans
 
     def iter_pieces(self, start: int = 0) -> Iterator[str]:
-        return numbered_pieces(load_hotpotqa(self.path, self.on_error).pool, self.order, start)  # type: ignore[arg-type]
+        pool = load_hotpotqa(self.path, self.on_error).pool  # type: ignore[arg-type]
+        return numbered_pieces(pool, self.order, start)
 
     def __eq__(self, other: object) -> bool:
         return (

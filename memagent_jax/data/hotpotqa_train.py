@@ -54,7 +54,9 @@ def train_schema(split: dict[str, Any] | None = None) -> pa.Schema:
     import pyarrow as pa
 
     strings = pa.list_(pa.string())
-    fact = pa.struct([("title", pa.string()), ("sentence", pa.int64()), ("text", pa.string()), ("document", pa.int64())])
+    fact = pa.struct(
+        [("title", pa.string()), ("sentence", pa.int64()), ("text", pa.string()), ("document", pa.int64())]
+    )
     extra = pa.struct(
         [
             ("index", pa.int64()),
@@ -189,15 +191,19 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--num_docs documents, the first --eval_questions evaluation questions and their gold paragraphs held out "
         "(recorded in the file's metadata). Prints that record.",
     )
-    parser.add_argument("--hotpotqa", required=True, help="HotpotQA-format JSON to train on (scripts/fetch_hotpotqa.sh, or your own)")
+    parser.add_argument(
+        "--hotpotqa", required=True, help="HotpotQA-format JSON to train on (scripts/fetch_hotpotqa.sh, or your own)"
+    )
     parser.add_argument("--out", required=True, help="output .parquet (written atomically)")
-    parser.add_argument("--eval_hotpotqa", help="HotpotQA file the evaluation questions come from (default: --hotpotqa)")
+    parser.add_argument("--eval_hotpotqa", help="HotpotQA file of the evaluation questions (default: --hotpotqa)")
     parser.add_argument("--eval_questions", type=int, default=128, help="first N questions held out (RULER-HQA: 128)")
     parser.add_argument("--num_docs", type=int, default=200, help="documents per context (200: ~28K tokens)")
     parser.add_argument("--num_samples", type=int, help="a seeded subset of this many questions (default: all)")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--data_source", default="hotpotqa")
-    parser.add_argument("--on_error", default="raise", choices=["raise", "skip"], help="malformed questions: stop, or skip and count")
+    parser.add_argument(
+        "--on_error", default="raise", choices=["raise", "skip"], help="malformed questions: stop, or skip and count"
+    )
     args = parser.parse_args(argv)
     with one_line_errors(parser.prog):
         split = build_training_set(

@@ -62,7 +62,9 @@ __all__ = ["ANSWER_PREFIX", "DATASETS", "TOKENS_TO_GENERATE", "RulerQA", "TooLon
 
 log = logging.getLogger("memagent_jax.data")
 DATASETS = {"qa_1": "squad", "qa_2": "hotpotqa"}
-_INSTRUCTION = "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+_INSTRUCTION = (
+    "Answer the question based on the given documents. Only give me the answer and do not output any other words."
+)
 HEAD = f"{_INSTRUCTION}\n\nThe following are given documents.\n\n"
 QUESTION = f"{_INSTRUCTION}\n\nQuestion: {{query}}"  # follows the context's last blank line
 ANSWER_PREFIX = " Answer:"
@@ -255,14 +257,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         "of --tokenizer. Prints one line per file: path, rows, questions skipped as too long.",
     )
     parser.add_argument("--task", required=True, choices=sorted(DATASETS))
-    parser.add_argument("--data", required=True, help="squad.json for qa_1, hotpotqa.json for qa_2 (scripts/fetch_eval_data.sh)")
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or .model file (lengths are in its tokens)")
+    parser.add_argument(
+        "--data", required=True, help="squad.json for qa_1, hotpotqa.json for qa_2 (scripts/fetch_eval_data.sh)"
+    )
+    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or .model file (lengths in its tokens)")
     parser.add_argument("--target_tokens", required=True, help="comma-separated lengths (RULER's max_seq_length)")
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--num_samples", type=int, default=500)
     parser.add_argument("--offset", type=int, default=0, help="first question (for disjoint splits)")
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--on_error", default="raise", choices=["raise", "skip"], help="malformed questions: stop, or skip and count")
+    parser.add_argument(
+        "--on_error", default="raise", choices=["raise", "skip"], help="malformed questions: stop, or skip and count"
+    )
     args = parser.parse_args(argv)
     with one_line_errors(parser.prog):
         from memagent_jax.tokenizer import load_tokenizer

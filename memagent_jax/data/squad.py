@@ -93,7 +93,8 @@ def _load(path: str, mtime_ns: int, on_error: str) -> Squad:
         kept = []
         for p, paragraph in enumerate(paragraphs):  # type: ignore[arg-type]
             try:
-                context, qas = _object(paragraph, "a paragraph", "context", str), _object(paragraph, "a paragraph", "qas", list)
+                context = _object(paragraph, "a paragraph", "context", str)
+                qas = _object(paragraph, "a paragraph", "qas", list)
                 if not context.strip():  # type: ignore[union-attr]
                     raise ValueError("field 'context' should be a non-empty string")
             except ValueError as err:
