@@ -52,6 +52,8 @@ def test_schema_and_read_back_by_parquet_source(dev, tmp_path: pathlib.Path) -> 
     reward = pa.struct([("style", pa.string()), ("ground_truth", pa.list_(pa.string()))])
     assert schema.field("reward_model").type == reward
     assert read_split(out) == split
+    kept = [q for q in questions[4:] if q["_id"] not in ("id10", "id11", "id12")]
+    assert split["supporting_facts_without_sentence"] == sum(len(q["context"][7][1]) < 2 for q in kept) > 0
     assert pq.ParquetFile(out).metadata.num_row_groups == -(-split["rows"] // 8)  # written group by group
 
     source = ParquetSource(out)
