@@ -6,8 +6,11 @@ Modules (import them directly; this package imports nothing so `import memagent_
   niah, vt, multihop   the generators; synthetic: base class, SyntheticSource (Grain source)
   haystack, length     lazy haystack documents; token-length planning (exact or calibrated)
   readers, parquet     JSONL / JSON-array / Parquet sources of MemAgent and RULER records
-  records, writers     record formats <-> Sample; MemAgent-format writers (JSONL streamed, Parquet)
+  records, writers     record formats <-> Sample; MemAgent-format writers (JSONL streamed, Parquet), atomic
   hotpotqa   RULER-HQA builder from a local HotpotQA dev file (scripts/fetch_hotpotqa.sh)
+  hotpotqa_train, heldout   MemAgent's HotpotQA training Parquet; the held-out evaluation questions
+  squad, ruler_qa   SQuAD loader (scripts/fetch_squad.sh); RULER's qa_1/qa_2 at any length, RULER's format
+  pool       contexts drawn from a paragraph pool (own paragraphs + distractors, numbered documents)
   pipeline   make_pipeline: shuffle -> per-process shard -> tokenize -> batch -> prefetch (checkpointable)
   export     command line: write synthetic tasks in MemAgent's training/evaluation format
   errors     RecordError, skip accounting; corpus, words, testing: text and tokenizers for tests

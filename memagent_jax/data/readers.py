@@ -27,7 +27,7 @@ from memagent_jax.data.document import AnswerMode, Sample
 from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error
 from memagent_jax.data.records import FORMATS, BadRecord, parse_record
 
-__all__ = ["JsonArraySource", "JsonlSource", "RecordSource", "open_source"]
+__all__ = ["JsonArraySource", "JsonlSource", "RecordSource", "open_source", "read_json"]
 
 
 class RecordSource(abc.ABC):
@@ -127,6 +127,11 @@ def _loads(raw: bytes, location: str) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RecordError(location, f"invalid JSON: {err}") from None
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    """A whole JSON file (a source dataset such as HotpotQA or SQuAD), or RecordError naming the file."""
+    return _loads(pathlib.Path(path).read_bytes(), str(path))
 
 
 class JsonlSource(RecordSource):

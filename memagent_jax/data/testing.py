@@ -1,14 +1,19 @@
-"""Small tokenizers for data tests: trained offline in well under a second from our own corpus."""
+"""For data tests: small tokenizers (trained offline in well under a second from our own corpus) and
+small HotpotQA/SQuAD-format files (so builder tests never need the downloaded data)."""
 
 from __future__ import annotations
 
 import json
 import pathlib
+from typing import Any
+
+import numpy as np
 
 from memagent_jax.data.corpus import tokenizer_corpus
+from memagent_jax.data.words import key_by_number, num_keys
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
 
-__all__ = ["tiny_bpe_tokenizer", "tiny_sp_tokenizer"]
+__all__ = ["hotpotqa_questions", "squad_dataset", "tiny_bpe_tokenizer", "tiny_sp_tokenizer"]
 
 # The Qwen2 pre-tokenizer split (Llama 3's differs only in grouping up to 3 digits).
 QWEN_SPLIT = (
@@ -52,3 +57,59 @@ def tiny_bpe_tokenizer(out_dir: str | pathlib.Path, vocab_size: int = 600) -> To
     config = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return load_tokenizer(out)
+
+
+def _sentence(rng: np.random.Generator, subject: str) -> str:
+    words = [key_by_number(int(k)) for k in rng.integers(0, num_keys(), int(rng.integers(2, 7)))]
+    return f"The {subject} is close to the {' and the '.join(words)}."
+
+
+def hotpotqa_questions(num_questions: int, paragraphs: int = 10, seed: int = 0) -> list[dict[str, Any]]:
+    """HotpotQA-format questions (dev/train schema): ``paragraphs`` paragraphs of 1-4 sentences of varying
+    length each, titled ``T{q}-{p}``; paragraphs 3 and 7 are supporting (sentence 0 of 3 names the
+    answer ``answer{q}``, sentence 1 of 7 may be missing: HotpotQA's files have such facts)."""
+    rng = np.random.default_rng(seed)
+    questions = []
+    for q in range(num_questions):
+        context = []
+        for p in range(paragraphs):
+            sentences = [_sentence(rng, f"T{q}-{p}") for _ in range(int(rng.integers(1, 4)))]
+            if p == 3:
+                sentences[0] = f"The answer of question {q} is answer{q}."
+            context.append([f"T{q}-{p}", [(" " if i else "") + s for i, s in enumerate(sentences)]])
+        questions.append(
+            {
+                "_id": f"id{q}",
+                "question": f"What is the answer of question {q}?",
+                "answer": f"answer{q}",
+                "supporting_facts": [[f"T{q}-3", 0], [f"T{q}-7", 1]],
+                "context": context,
+                "type": "bridge" if q % 2 else "comparison",
+                "level": "medium",
+            }
+        )
+    return questions
+
+
+def squad_dataset(articles: int, paragraphs: int = 6, questions: int = 3, seed: int = 0) -> dict[str, Any]:
+    """A SQuAD v2-format object: ``articles`` articles of ``paragraphs`` paragraphs of varying length, each
+    with ``questions`` questions whose last is unanswerable (``is_impossible``)."""
+    rng = np.random.default_rng(seed)
+    data = []
+    for a in range(articles):
+        paras = []
+        for p in range(paragraphs):
+            context = " ".join(_sentence(rng, f"part {a}-{p}") for _ in range(int(rng.integers(1, 5))))
+            qas = [
+                {
+                    "id": f"{a}-{p}-{k}",
+                    "question": f"Which part is {a}-{p} close to ({k})?",
+                    "answers": [{"text": f"part {a}-{p}", "answer_start": 4}] * 2,
+                    "is_impossible": False,
+                }
+                for k in range(questions - 1)
+            ]
+            qas.append({"id": f"{a}-{p}-x", "question": "Unanswerable?", "answers": [], "is_impossible": True})
+            paras.append({"context": context, "qas": qas})
+        data.append({"title": f"Article {a}", "paragraphs": paras})
+    return {"version": "v2.0", "data": data}
