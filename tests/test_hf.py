@@ -249,6 +249,23 @@ def test_save_from_mesh_in_bfloat16(checkpoints, tmp_path):
     np.testing.assert_array_equal(reloaded.layers[1].mlp.down_proj[...], want)
 
 
+def test_float32_masters_of_a_bfloat16_model_export_in_bfloat16_and_reload_in_transformers(checkpoints, tmp_path):
+    """Training keeps float32 masters under bfloat16 compute; the export is the model's own dtype (as the
+    Qwen2.5 checkpoints are stored), each weight its master rounded to bfloat16, and transformers computes
+    the same logits from it as our model does from the same rounded weights."""
+    model, cfg = load_hf_checkpoint(checkpoints["qwen2"]["single"], dtype="bfloat16", param_dtype="float32")
+    assert model.layers[0].mlp.up_proj[...].dtype == jnp.float32
+    out = save_hf_checkpoint(model, tmp_path / "export")  # default dtype: the compute dtype
+    assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert {i.dtype for i in hf.read_safetensors_header(out / "model.safetensors").values()} == {"BF16"}
+    reloaded, _ = load_hf_checkpoint(out)  # float32 params and compute: exact copies of the bfloat16 values
+    for (path, master), (_, stored) in zip(nnx.to_flat_state(nnx.state(model)), nnx.to_flat_state(nnx.state(reloaded))):
+        want = np.asarray(jnp.asarray(master.get_value(), jnp.bfloat16).astype(jnp.float32))
+        np.testing.assert_array_equal(stored.get_value(), want, err_msg=str(path))
+    upcast = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    _assert_matches(reloaded, upcast)
+
+
 def test_save_refuses_to_overwrite_and_is_atomic(checkpoints, tmp_path, monkeypatch):
     model, _ = load_hf_checkpoint(checkpoints["qwen2"]["single"])
     target = tmp_path / "out"

@@ -68,6 +68,7 @@ def test_real_config_is_valid_with_the_papers_settings(path):
     assert rl.batch_size // rl.mini_batch_size == 16 and not rl.experience.normalize_std
     assert (loss.clip_low, loss.clip_high, loss.dual_clip, loss.kl_coef, loss.kl_estimator, loss.aggregation) == \
         (0.2, 0.2, 3.0, 0.001, "k3", "token-mean")
+    assert loss.tis_cap == 2.0  # bfloat16 engine and trainer: truncated importance sampling corrects the gap
     assert (opt.learning_rate, opt.warmup_steps, opt.schedule, opt.weight_decay, opt.grad_clip) == \
         (1e-6, 20, "constant", 0.01, 1.0)
     assert settings.shape.ppo_epochs == 1 and config.sft.steps == 0
@@ -167,6 +168,30 @@ def test_budget_matches_real_allocation_on_tiny():
     assert _per_device_bytes(nnx.state(trained)) == {budget.params}
     assert _per_device_bytes(rollout) == {budget.rollout_weights}
     assert budget.kv_cache == 2 * 4 * 2 * 32 * 64 * 16 * 4  # k+v, layers, kv heads, head_dim, tokens, float32
+
+
+def test_budget_matches_real_allocation_with_float32_masters_and_bfloat16_copies():
+    """Float32 masters and Adam state in training, the KL reference and the engine's copy in bfloat16: each
+    budget item against what the real Policy and RolloutLayout allocate per device."""
+    from memagent_jax.rl.policy import BatchShape, Policy
+    from memagent_jax.rl.update import UpdateConfig
+    from memagent_jax.rollout_layout import RolloutLayout
+
+    model_cfg = get_preset("tiny", dtype="bfloat16", param_dtype="float32")
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
+    rules = sharding.DEFAULT_RULES
+    rollout_rules = tuple((n, None) if n == "embed" else (n, t) for n, t in rules)
+    model = sharding.create_sharded(lambda: Transformer(model_cfg, rngs=nnx.Rngs(0)), mesh, rules)
+    policy = Policy(model, mesh, rules, OptimizerConfig(), UpdateConfig(), BatchShape(row_len=256, rows_per_micro=2))
+    rollout = RolloutLayout(policy.params, mesh, rollout_rules, model_cfg.compute_dtype).place(policy.params)
+    budget = per_device_budget(model_cfg, mesh, rules, optimizer=policy.optimizer, kv_pages=64, page_size=16,
+                               rollout_rules=rollout_rules, row_len=256, rows_per_micro=2)
+    assert _per_device_bytes(policy.params) == {budget.params}
+    assert _per_device_bytes(policy.opt_state) == {budget.optimizer}
+    assert _per_device_bytes(policy.reference) == {budget.reference} == {budget.params // 2}
+    assert _per_device_bytes(rollout) == {budget.rollout_weights}
+    assert {x.dtype for x in jax.tree.leaves(rollout)} == {jnp.dtype(jnp.bfloat16)}
+    assert budget.gradients == 2 * budget.params and budget.compute_weights == budget.reference
 
 
 def _xla_backward_bytes(model_cfg: ModelConfig, row_len: int) -> int:
