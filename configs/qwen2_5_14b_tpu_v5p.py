@@ -17,13 +17,16 @@ Mesh (32 devices): data=1, fsdp=4, tensor=8, for training and rollouts alike (th
 - fsdp=4 shards the remaining weight dimension in training; a micro-batch has one packed row per FSDP
   group (rows_per_micro = data * fsdp = 4).
 - The engine's layout (rollout_sharding) is pure tensor parallelism (model dimension unsharded, no
-  weight all-gathers per decode step): 29.5 GB / 8 of weights per chip.
+  weight all-gathers per decode step): 29.5 GB / 8 of bfloat16 weights per chip.
 
-Memory per chip (memagent_jax.memory_budget; tests/test_real_configs.py prints the table): weights, AdamW
-moments, KL reference, gradients and the engine's weights take 9.2 GB and the KV pages 51.5 GB (the
-engine replicates its cache on every device). The activations of one 8,704-token row would take
-about 119 GB per chip (estimate) if every layer kept its intermediates; `train.remat=True` (jax.checkpoint per
-decoder layer) brings them to ~7 GB, ~68 GB in total of 95.
+Precision: bfloat16 compute, float32 master weights, Adam moments and gradient sums; bfloat16 copies for
+the engine and the KL reference; truncated importance sampling on (rl.loss.tis_cap 2.0); bfloat16 export.
+
+Memory per chip (memagent_jax.memory_budget; tests/test_real_configs.py prints the table): masters 1.85,
+Adam moments 3.7, KL reference 0.9, gradients 3.7, compute copies 0.9 and the engine's weights 3.7 GB
+(14.8 GB), the KV pages 51.5 GB (the engine replicates its cache on every device). The activations of one
+8,704-token row would take about 110 GB per chip (estimate) if every layer kept its intermediates;
+`train.remat=True` (jax.checkpoint per decoder layer) brings them to ~11 GB: 77.5 GB in total of 95.
 """
 
 import ml_collections

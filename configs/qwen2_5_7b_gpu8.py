@@ -14,13 +14,18 @@ Mesh (8 devices): data=1, fsdp=2, tensor=4, for training and rollouts alike (the
 - fsdp=2 shards the remaining weight dimension in training; each micro-batch has one packed row per FSDP
   group (rows_per_micro = data * fsdp = 2).
 - The engine's layout (rollout_sharding) is pure tensor parallelism: the model dimension is not sharded,
-  so a decode step never all-gathers weights; its copy of the weights is 15.2 GB / 4 per device.
+  so a decode step never all-gathers weights; its bfloat16 copy of the weights is 15.2 GB / 4 per device.
 
-Memory per device (memagent_jax.memory_budget; tests/test_real_configs.py prints the table): weights,
-AdamW moments, KL reference, gradients and the engine's weights take 15.2 GB, the KV pages 30.1 GB. The
-activations of one 8,704-token row would take about 87 GB per device (estimate) if every layer kept its
-intermediates, attention probabilities included; `train.remat=True` (jax.checkpoint per decoder layer)
-brings them to ~5 GB, ~50 GB in total of 80.
+Precision: bfloat16 compute, float32 master weights, Adam moments and gradient sums (bfloat16 masters
+would round away the paper's lr-1e-6 updates; the config check refuses them); bfloat16 copies for the
+engine and the KL reference; truncated importance sampling (rl.loss.tis_cap 2.0) corrects the bfloat16
+sampler/trainer gap. The export is bfloat16, as the checkpoint.
+
+Memory per device (memagent_jax.memory_budget; tests/test_real_configs.py prints the table): masters 3.8,
+Adam moments 7.6, KL reference 1.9, gradients 7.6, compute copies 1.9 and the engine's weights 3.8 GB
+(26.7 GB), the KV pages 30.1 GB. The activations of one 8,704-token row would take about 83 GB per device
+(estimate) if every layer kept its intermediates, attention probabilities included; `train.remat=True`
+(jax.checkpoint per decoder layer) brings them to ~7 GB: 63.5 GB in total of 80.
 """
 
 import ml_collections
