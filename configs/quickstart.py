@@ -57,14 +57,14 @@ def get_config() -> ml_collections.ConfigDict:
                                          boxed_answer=True)
     config.sft = ml_collections.ConfigDict({
         "steps": 200, "batch_size": 8, "mini_batch_size": 8, "num_samples": 100_000,
-        "tasks": ("niah_single", "vt"), "lengths": (256, 512, 1024),
+        "tasks": ("niah_single", "vt"), "lengths": (256, 512, 1024), "sources": (),
         "optimizer": optimizer_section(3e-3, 20)})
     # Two GRPO steps fit the 30-minute budget: a step of 4 samples x 4 rollouts on 1-2K documents takes ~40 s on
     # 2 cores (the first ~2 minutes: it compiles the engine and the update); 6 steps took the whole run to 32
     # minutes (BENCHMARKS.md "Digit pairs"). Raise rl.steps where time allows.
     config.rl = ml_collections.ConfigDict({
         "steps": 2, "batch_size": 4, "mini_batch_size": 2, "num_samples": 100_000,
-        "tasks": ("niah_single", "vt"), "lengths": (1024, 2048),
+        "tasks": ("niah_single", "vt"), "lengths": (1024, 2048), "sources": (),
         "group_size": 4, "dynamic_sampling": True, "max_refills": 1,
         "normalize_std": False, "overlong": "filter", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",

@@ -61,7 +61,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     config.retrieval = retrieval_section(0)  # ... and find lines by their content
     config.sft = ml_collections.ConfigDict({
         "steps": 0, "batch_size": 16, "mini_batch_size": 16, "num_samples": 8192,
-        "tasks": ("multihop_qa",), "lengths": (28000,),
+        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (),
         "optimizer": optimizer_section(**PAPER_OPTIMIZER)})
     # Multi-Conv GRPO: G=16 rollouts per sample, batch_size samples per step in mini-batches (the paper: 128/8
     # for the 7B, 256/16 for the 14B: 16 updates per step), one PPO epoch; advantage = reward - group mean (no std division), no DAPO filters. 400 steps:
@@ -73,7 +73,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     # token's loss is weighted by min(exp(old_logp - sampler_logp), 2) to correct for it.
     config.rl = ml_collections.ConfigDict({
         "steps": 400, "batch_size": batch_size, "mini_batch_size": mini_batch_size, "num_samples": 8192,
-        "tasks": ("multihop_qa",), "lengths": (28000,),
+        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (),
         "group_size": 16, "dynamic_sampling": False, "max_refills": 4,
         "normalize_std": False, "overlong": "none", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",

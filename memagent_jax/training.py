@@ -25,8 +25,7 @@ from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.checkpoint import Checkpointer
 from memagent_jax.data.mixture import MixtureSource
 from memagent_jax.data.pipeline import make_pipeline
-from memagent_jax.data.synthetic import SyntheticSource
-from memagent_jax.data.tasks import make_task
+from memagent_jax.data.sources import SourceError, build_sources, parse_sources
 from memagent_jax.engine.engine import Engine
 from memagent_jax.metrics import MetricsWriter, ProgressBar, device_peak_flops, mfu, model_flops_per_token
 from memagent_jax.model import sharding
@@ -46,19 +45,44 @@ PHASES = ("copy", "retrieval", "sft", "rl")
 _PHASE_SEED = {"sft": 1, "rl": 2, "copy": 3, "retrieval": 4}  # each phase reads its own stream of synthetic samples
 
 
-def phase_data(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokenizer, chunk_size: int) -> Any:
-    """The phase's batches: copy strings for the warm-up; else a Grain pipeline of its tasks x lengths
-    interleaved, shuffled, repeated, batched."""
+def phase_source(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokenizer) -> MixtureSource:
+    """The phase's samples: `config.<phase>.sources` (files and synthetic tasks by weight, data/sources.py),
+    or its `tasks` x `lengths` with equal weights when it names no sources. Every file is opened and
+    checked here, and SFT-like phases need records that mark their evidence: a ConfigError otherwise."""
+    section = config[phase]
+    seed = config.seed * 1000 + _PHASE_SEED[phase]
+    entries = tuple(section.get("sources", ()))
+    if not entries:
+        entries = tuple({"task": task, "lengths": tuple(section.lengths)} for task in section.tasks)
+    where = f"config.{phase}.sources"
+    try:
+        mixture, files = build_sources(parse_sources(entries, where), where, tokenizer, seed=seed,
+                                       num_samples=section.num_samples)
+    except SourceError as err:
+        raise configuration.ConfigError(str(err)) from None
+    if phase in ("sft", "retrieval"):
+        for file in files:
+            if not file.has_evidence():
+                raise configuration.ConfigError(
+                    f"{file.where}: the records of {file.spec.path!r} mark no evidence (extra_info.supporting_facts), "
+                    f"so {phase} has no oracle memory to learn from; use such files in rl.sources only, or build "
+                    "them with python -m memagent_jax.data.hotpotqa_train")
+    return mixture
+
+
+def phase_data(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokenizer, chunk_size: int,
+               source: MixtureSource | None = None) -> Any:
+    """The phase's batches: copy strings for the warm-up; else a Grain pipeline of its sources (see
+    phase_source) shuffled, repeated and batched, each process reading its own share."""
     section = config[phase]
     seed = config.seed * 1000 + _PHASE_SEED[phase]
     if phase == "copy":
         task, _ = copy_settings(config)
         return CopyBatches(tokenizer, end_of_turn_id(tokenizer), section.batch_size, task, seed,
                            jax.process_index(), jax.process_count())
-    sources = [SyntheticSource(make_task(task, tokenizer, int(length), seed=seed), section.num_samples)
-               for task in section.tasks for length in section.lengths]
-    return make_pipeline(MixtureSource(sources), section.batch_size, tokenizer=tokenizer, chunk_tokens=chunk_size,
-                         seed=seed, num_epochs=None)
+    source = source if source is not None else phase_source(config, phase, tokenizer)
+    return make_pipeline(source, section.batch_size, tokenizer=tokenizer, chunk_tokens=chunk_size, seed=seed,
+                         num_epochs=None)
 
 
 def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directory: pathlib.Path,
@@ -93,6 +117,9 @@ class TrainingRun:
             raise configuration.ConfigError(f"config.agent / config.engine: {err}") from err
         if config.copy.steps:
             self._check_copy_rows()
+        # Every phase's files opened and checked now, before any model exists (and read from here on).
+        self.sources = {phase: phase_source(config, phase, self.tokenizer)
+                        for phase in ("retrieval", "sft", "rl") if config[phase].steps}
         self.eval_config = self._eval_config()
         # Still nothing allocated: the per-device budget is printed, and a run that cannot fit stops here.
         self.budget_table = check_run_budget(config, self.settings, build_mesh(config))
@@ -148,7 +175,9 @@ class TrainingRun:
             return
         checkpointer = self._checkpointer(phase)
         policy = self._policy(phase)
-        data = iter(phase_data(self.config, phase, self.tokenizer, self.settings.agent.chunk_size))
+        source = self.sources.get(phase)
+        data = iter(phase_data(self.config, phase, self.tokenizer, self.settings.agent.chunk_size, source))
+        skipped = source.metrics() if source is not None else {}  # records the readers left out, by reason
         rng = jax.random.key(self.config.seed * 1000 + _PHASE_SEED[phase])
         start = 0
         state = lambda: {"params": policy.params, "opt_state": policy.opt_state,
@@ -175,6 +204,7 @@ class TrainingRun:
                 logging.warning("%s step %d: %d update(s) skipped for a non-finite loss or gradient; weights and "
                                 "optimizer state kept", phase, step + 1, int(metrics["skipped"]))
             metrics = multihost.reduce_metrics(metrics)  # each process saw its share of the batch
+            metrics.update(skipped)  # the same on every process: each indexed the whole files
             self._flops_metrics(policy, metrics)
             self.writer.write(step + 1, {f"{phase}/{k}": v for k, v in metrics.items()})
             shown = {k: metrics[k] for k in ("nll", "reward_mean", "accuracy", "loss") if k in metrics}

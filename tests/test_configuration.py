@@ -39,6 +39,14 @@ def test_any_field_overrides_from_the_command_line():
     assert configuration.build_rules(config.sharding) == (("embed", None), ("batch", "data"))
 
 
+def test_data_sources_override_from_the_command_line():
+    config = _parse("--config.rl.sources=({'path': 'data/train-*.parquet', 'weight': 3}, "
+                    "{'task': 'niah_single', 'lengths': (1024, 2048), 'weight': 1})")
+    assert config.rl.sources == ({"path": "data/train-*.parquet", "weight": 3},
+                                 {"task": "niah_single", "lengths": (1024, 2048), "weight": 1})
+    assert config.sft.sources == () and config.retrieval.sources == ()  # tasks x lengths, as before
+
+
 def test_unknown_key_names_the_key():
     with pytest.raises(configuration.ConfigError, match="unknown config key 'model.num_layerz'.*num_layers"):
         _parse("--config.model.num_layerz=4")

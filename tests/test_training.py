@@ -99,3 +99,40 @@ def test_config_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, ov
     with pytest.raises(ConfigError, match=message):
         TrainingRun(config)
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "metrics").exists()
+
+
+def test_sft_and_grpo_train_from_a_parquet_file_mixed_with_a_synthetic_task(tmp_path, tokenizer_dir):
+    """A Parquet file in MemAgent's exact schema (written with pyarrow) beside a synthetic task, in SFT (its
+    supporting facts are the oracle memory) and in GRPO; skipped records are counted in the metrics."""
+    from memagent_jax.training import TrainingRun
+    from test_data_sources import write_train_parquet
+
+    write_train_parquet(tmp_path / "train.parquet", 8)
+    config = _config(tmp_path / "run", tokenizer_dir, sft=2, rl=2)
+    config.agent.update(max_memory_tokens=32, max_answer_tokens=16)  # the supporting sentence; \boxed{cityN}
+    sources = ({"path": str(tmp_path / "train.parquet"), "weight": 1},
+               {"task": "toy_code", "lengths": (100,), "weight": 1})
+    config.sft.sources = config.rl.sources = sources
+    run = TrainingRun(config)
+    assert {run.sources[p][i].task for p in ("sft", "rl") for i in range(4)} == {"hotpotqa", "toy_code"}
+    run.run()
+    metrics = _metrics(tmp_path / "run")
+    assert np.isfinite(metrics[(2, "sft/nll")]) and np.isfinite(metrics[(2, "rl/loss")])
+    assert metrics[(2, "rl/data/skipped")] == 0
+
+
+@pytest.mark.parametrize("phase, entry, message", [
+    ("rl", {"path": "/nonexistent/hotpotqa_train.parquet"}, r"config.rl.sources\[0\]: no such data file"),
+    ("rl", {"path": "/nonexistent/*.parquet"}, "matches no file"),
+    ("sft", {"path": "NOEVIDENCE"}, r"config.sft.sources\[0\]: the records of .* mark no evidence"),
+])
+def test_data_source_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, phase, entry, message):
+    from memagent_jax.training import TrainingRun
+    from test_data_sources import write_train_parquet
+
+    write_train_parquet(tmp_path / "plain.parquet", 2, evidence=False)
+    config = _config(tmp_path / "run", tokenizer_dir)
+    config[phase].sources = ({k: str(tmp_path / "plain.parquet") if v == "NOEVIDENCE" else v for k, v in entry.items()},)
+    with pytest.raises(ConfigError, match=message):
+        TrainingRun(config)
+    assert not (tmp_path / "run" / "checkpoints").exists()

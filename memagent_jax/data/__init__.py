@@ -11,6 +11,7 @@ Modules (import them directly; this package imports nothing so `import memagent_
   hotpotqa_train, heldout   MemAgent's HotpotQA training Parquet; the held-out evaluation questions
   squad, ruler_qa   SQuAD loader (scripts/fetch_squad.sh); RULER's qa_1/qa_2 at any length, RULER's format
   pool       contexts drawn from a paragraph pool (own paragraphs + distractors, numbered documents)
+  sources, mixture     a phase's config.<phase>.sources: file globs and synthetic tasks mixed by weight
   pipeline   make_pipeline: shuffle -> per-process shard -> tokenize -> batch -> prefetch (checkpointable)
   export     command line: write synthetic tasks in MemAgent's training/evaluation format
   errors     RecordError, skip accounting; corpus, words, testing: text and tokenizers for tests

@@ -161,12 +161,17 @@ class TextDocument(Document):
     @classmethod
     def with_answers(cls, text: str, answers: Sequence[str], approx_tokens: int | None = None) -> "TextDocument":
         """Locate each answer's first occurrence (if any) and record it as a span."""
+        return cls.with_spans_of(text, answers, approx_tokens)
+
+    @classmethod
+    def with_spans_of(cls, text: str, snippets: Sequence[str], approx_tokens: int | None = None) -> "TextDocument":
+        """Locate each snippet's first occurrence (if any; e.g. an evidence sentence) and record it as a span."""
         doc = cls(text, approx_tokens=approx_tokens)
         spans = []
-        for a in answers:
-            pos = text.find(a) if a else -1
+        for snippet in snippets:
+            pos = text.find(snippet) if snippet else -1
             if pos >= 0:
-                spans.append(Span(bisect.bisect_right(doc._starts, pos) - 1, a))
+                spans.append(Span(bisect.bisect_right(doc._starts, pos) - 1, snippet))
         doc._spans = tuple(spans)
         return doc
 

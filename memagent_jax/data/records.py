@@ -6,6 +6,9 @@ MemAgent training (Parquet or JSONL)::
      "reward_model": {"style": "rule", "ground_truth": [answer, ...]},
      "extra_info": {"index": int, "question": str, "num_docs": int}}
 
+(``extra_info.supporting_facts`` [{title, sentence, text, document}, ...], as the HotpotQA training builder
+writes it, becomes the sample's evidence spans, meta ``evidence``: what SFT's oracle memories are made of.)
+
 MemAgent evaluation (JSON/JSONL): ``{"context", "input" (the question), "answers": [...], "num_docs",
 "index"}``. RULER (JSONL): ``{"index", "input", "outputs": [...], "length", ...}`` where ``input`` is
 the whole prompt: the question is its last non-empty line (a leading ``Question:`` label is dropped)
@@ -88,8 +91,15 @@ def parse_record(
     raise ValueError(f"unknown format {fmt!r}; expected 'auto' or one of {FORMATS}")
 
 
-def _from_train(record: Mapping[str, Any], position: int, task: str | None) -> Sample:
+def _context(record: Mapping[str, Any]) -> str:
     context = _field(record, "context", str)
+    if not context.strip():
+        raise BadRecord("empty field 'context'")
+    return context
+
+
+def _from_train(record: Mapping[str, Any], position: int, task: str | None) -> Sample:
+    context = _context(record)
     extra = record.get("extra_info") or {}
     if not isinstance(extra, Mapping):
         raise BadRecord("field 'extra_info' should be an object")
@@ -119,11 +129,28 @@ def _from_train(record: Mapping[str, Any], position: int, task: str | None) -> S
         meta["num_docs"] = n
     source = record.get("data_source")
     name = task or (source if isinstance(source, str) and source else "memagent")
+    evidence = _evidence(extra.get("supporting_facts"))
+    if evidence:
+        # The supporting sentences are the oracle memory SFT writes (those found in the context).
+        document = TextDocument.with_spans_of(context, evidence)
+        if document.spans:
+            meta["evidence"] = "supporting_facts"
+            return Sample(position, name, question, answers, document, mode, meta)
     return Sample(position, name, question, answers, TextDocument.with_answers(context, answers), mode, meta)
 
 
+def _evidence(facts: Any) -> list[str]:
+    """The sentence texts of extra_info.supporting_facts ([{title, sentence, text, document}, ...], as the
+    HotpotQA training builder writes them); facts without a text are left out."""
+    if facts is None:
+        return []
+    if not isinstance(facts, (list, tuple)) or not all(isinstance(f, Mapping) for f in facts):
+        raise BadRecord("extra_info.supporting_facts should be a list of objects")
+    return [f["text"] for f in facts if isinstance(f.get("text"), str) and f["text"].strip()]
+
+
 def _from_eval(record: Mapping[str, Any], position: int, task: str | None) -> Sample:
-    context = _field(record, "context", str)
+    context = _context(record)
     question = _field(record, "input", str)
     answers = _answers(record.get("answers"), "answers")
     meta = {"format": "memagent_eval", "index": _int_or(record.get("index"), position)}
