@@ -13,7 +13,8 @@ Constraints (checked with clear errors): head_dim a power of two >= 16 and block
 page_size a power of two >= 16 (Triton's dot wants power-of-two dims >= 16; page size 8 needs >= 2 pages
 per block). The group of query heads is zero-padded to a power of two >= 16 inside the wrapper (q is
 tiny; padding K/V would copy the cache). float32 inputs use full-precision (non-TF32) dots; bfloat16/
-float16 inputs feed the tensor cores and accumulate in float32.
+float16 q and k feed the tensor cores for the scores and accumulate in float32; the probabilities and the
+PV product stay float32 whatever the input dtype (as in the trainer).
 
 Tested only in interpret mode on CPU; speed and Triton compilation on a real GPU are unverified.
 """
@@ -68,9 +69,12 @@ def _decode_kernel(
         p = jnp.where(valid[None, :], jnp.exp(scores - m_new[:, None]), 0.0)
         alpha = jnp.exp(m - m_new)
         v = jnp.where(valid[:, None], v, 0)  # stale slots may hold anything, even NaN
+        # Probabilities stay float32 through the PV product, as in the trainer's attention (model/attention.py):
+        # rounding them to bfloat16 would be a sampler/trainer log-prob gap of its own. Decode is bound by
+        # reading the pages, so the float32 product costs little.
         pv = jax.lax.dot_general(
-            p.astype(v.dtype), v, (((1,), (0,)), ((), ())),
-            precision=precision, preferred_element_type=jnp.float32)
+            p, v.astype(jnp.float32), (((1,), (0,)), ((), ())),
+            precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
         return m_new, alpha * l + p.sum(axis=1), alpha[:, None] * acc + pv
 
     groups, head_dim = q.shape
