@@ -15,7 +15,8 @@ PAPER_OPTIMIZER = dict(learning_rate=1e-6, warmup_steps=20, weight_decay=0.01, g
 
 
 def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, int], num_pages: int, max_slots: int,
-                 rows_per_micro: int, batch_size: int, mini_batch_size: int) -> ml_collections.ConfigDict:
+                 rows_per_micro: int, batch_size: int, mini_batch_size: int,
+                 train_file: str = "data/hotpotqa_train.parquet") -> ml_collections.ConfigDict:
     """A run config with MemAgent's sizes and RL hyperparameters; the arguments are what differs by target."""
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -54,9 +55,11 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
         "remat": True})
 
     # Instruct models go straight to RL in the paper: no SFT warm start (the section stays for overrides).
-    # Data: synthetic HotpotQA-shaped multi-hop QA over ~28K-token documents (up to 8 chunks per sample, as
-    # the paper's training documents). Real HotpotQA files come with issue 7/8's data plumbing; the run code
-    # reads only the synthetic tasks of memagent_jax.data.tasks for now.
+    # Data: MemAgent's training file, HotpotQA questions with their paragraphs padded by distractors to 200
+    # documents (~28K tokens, up to 8 chunks per sample), RULER-HQA's evaluation questions held out. Build it
+    # with `python -m memagent_jax.data.hotpotqa_train --hotpotqa FILE --out data/hotpotqa_train.parquet`
+    # (FILE: HotpotQA's train JSON, with --eval_hotpotqa the dev file that scripts/fetch_hotpotqa.sh fetches;
+    # or the dev file alone), or point rl.sources at the reference's own Parquet files.
     config.copy = copy_section(0)  # pretrained models already copy
     config.retrieval = retrieval_section(0)  # ... and find lines by their content
     config.sft = ml_collections.ConfigDict({
@@ -73,7 +76,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     # token's loss is weighted by min(exp(old_logp - sampler_logp), 2) to correct for it.
     config.rl = ml_collections.ConfigDict({
         "steps": 400, "batch_size": batch_size, "mini_batch_size": mini_batch_size, "num_samples": 8192,
-        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (),
+        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": ({"path": train_file, "weight": 1},),
         "group_size": 16, "dynamic_sampling": False, "max_refills": 4,
         "normalize_std": False, "overlong": "none", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.2, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",
