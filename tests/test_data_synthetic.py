@@ -241,11 +241,12 @@ def test_mixture_interleaves_tasks_round_robin():
         def __getitem__(self, i):
             return self.items[i]
 
+    # Round robin until the longer source is read once; the shorter one cycles.
     mix = MixtureSource([_Listing("a", 3), _Listing("b", 5)])
-    assert len(mix) == 6
-    assert [mix[i] for i in range(6)] == ["a0", "b0", "a1", "b1", "a2", "b2"]
+    assert len(mix) == 10
+    assert [mix[i] for i in range(10)] == ["a0", "b0", "a1", "b1", "a2", "b2", "a0", "b3", "a1", "b4"]
     with pytest.raises(IndexError):
-        mix[6]
+        mix[10]
     with pytest.raises(ValueError, match="at least one"):
         MixtureSource([])
 
