@@ -2,6 +2,7 @@
 by the project's writers): scores by file and length, a run killed mid-way and resumed to the same table,
 and bad input stopped with one line before any model loads."""
 
+import io
 import json
 import os
 import signal
@@ -12,10 +13,15 @@ import time
 import pytest
 
 from memagent_jax.agent.memory_agent import Conversation, Trajectory
+from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.data.records import parse_record
-from memagent_jax.eval_files import score_sample
+from memagent_jax.data.ruler_qa import HEAD as RULER_QA_HEAD
+from memagent_jax.eval_data import open_eval_files
+from memagent_jax.eval_files import FileEvalConfig, Progress, evaluate_files, score_sample
+from memagent_jax.eval_report import summarize
 from memagent_jax.eval_store import ResultStore
+from memagent_jax.tokenizer import load_tokenizer
 
 SMALL = ["--chunk_size=64", "--max_memory_tokens=8", "--max_answer_tokens=8", "--max_question_tokens=64",
          "--batch=2"]
@@ -195,3 +201,54 @@ def test_bad_input_is_one_line_before_any_model(tiny_eval_checkpoints, data, tmp
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], stderr
     assert not (tmp_path / "out").exists()  # stopped before the results store, let alone the model
+
+
+def test_each_file_gets_its_papers_headline_metric(tmp_path):
+    rows = {"qa_2/validation.jsonl": [{"input": "Document 1:\nx\n\nQuestion: q?", "outputs": ["a", "b"]}],
+            "qa_by_content.jsonl": [{"input": RULER_QA_HEAD + "Document 1:\nx\n\nQuestion: q?", "outputs": ["a"]}],
+            "vt/validation.jsonl": [{"input": "VAR A = 1\nWhich?", "outputs": ["A", "B"], "length": 128}],
+            "hqa.jsonl": [{"context": "x\n", "input": "q?", "answers": ["a"], "num_docs": 50}],
+            "needles.jsonl": [{"context": "x\n", "input": "q?", "answers": ["1", "2"], "answer_mode": "all"}]}
+    for name, records in rows.items():
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+    files = open_eval_files([str(tmp_path / name) for name in rows])
+    assert [(f.fmt, f.metric, f.buckets) for f in files] == [
+        ("ruler", "string_match_part", [("none", 0)]), ("ruler", "string_match_part", [("none", 0)]),
+        ("ruler", "string_match_all", [("length", 128)]), ("memagent_eval", "sub_em", [("num_docs", 50)]),
+        ("memagent_eval", "string_match_all", [("none", 0)])]
+    assert [f.metric for f in open_eval_files([str(tmp_path / "hqa.jsonl")], metric="string_match_part")] == \
+        ["string_match_part"]
+
+
+def test_a_checkpoint_written_by_transformers_with_its_own_chat_template(tmp_path):
+    """Any HF folder: weights saved by transformers, a byte-level BPE tokenizer.json and a chat template with a
+    system turn (in chat_template.jinja, where transformers 5 saves it); the prompts go through that template."""
+    import torch
+    import transformers
+
+    from memagent_jax.data.testing import tiny_bpe_tokenizer
+
+    folder = tmp_path / "hf"
+    tokenizer = tiny_bpe_tokenizer(folder)
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(vocab_size=640, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                                      tie_word_embeddings=True)
+    transformers.Qwen2ForCausalLM(config).save_pretrained(folder)
+    (folder / "chat_template.jinja").write_text(
+        "<|im_start|>system\nYou are a careful reader.<|im_end|>\n{% for m in messages %}<|im_start|>{{ m['role'] }}"
+        "\n{{ m['content'] }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _ruler_rows(128, 2)))
+    files = open_eval_files([str(tmp_path / "r.jsonl")])
+    cfg = FileEvalConfig.with_sampling("paper", {"chunk_size": 64, "max_memory_tokens": 8, "max_answer_tokens": 8,
+                                                 "max_question_tokens": 64}, seed=0, batch=2)
+    store = ResultStore(tmp_path / "out" / "samples.jsonl", cfg.settings())
+    run = evaluate_files({"hf": folder}, files, cfg, store, Progress(io.StringIO()))
+    assert run["samples"] == 2 and len(store) == 2
+    rows = list(store.rows())
+    assert all(len(r["predictions"]) == 4 and r["errors"] == 0 and r["chunks"] >= 2 for r in rows)
+    summary = summarize({"hf": folder}, files, store)
+    assert summary["checkpoints"]["hf"]["by_file"][0]["samples"] == 2
+    prompt = AgentPrompts.build(load_tokenizer(folder)).final_answer.assemble({"prompt": [], "memory": []})
+    assert tokenizer.decode(prompt).startswith("system\nYou are a careful reader.")
