@@ -22,12 +22,12 @@ import pathlib
 import re
 from collections.abc import Sequence
 
-from memagent_jax.data.document import Sample
+from memagent_jax.data.document import Sample, TextTokenizer
 from memagent_jax.data.errors import OnError, RecordError, check_on_error
 from memagent_jax.data.readers import RecordSource, open_source
 from memagent_jax.data.ruler_qa import HEAD as RULER_QA_HEAD
 
-__all__ = ["METRICS", "EvalFile", "Bucket", "bucket_label", "open_eval_files"]
+__all__ = ["METRICS", "EvalFile", "Bucket", "bucket_label", "check_questions", "open_eval_files"]
 
 METRICS = ("sub_em", "string_match_all", "string_match_part")
 Bucket = tuple[str, int]  # ("num_docs", 50), ("length", 8192), or ("none", 0) when the record has neither
@@ -46,6 +46,7 @@ class EvalFile:
     keep: list[int]  # reader indices of the records to evaluate
     chars: list[int]  # context characters of each kept record (for the ETA)
     buckets: list[Bucket]  # length bucket of each kept record
+    questions: list[str]  # of each kept record: their token counts are checked before a model loads
 
     @property
     def skipped(self) -> dict[str, int]:
@@ -115,7 +116,7 @@ def _headline(fmt: str, first: Sample, path: pathlib.Path) -> str:
 
 def _open(path: pathlib.Path, on_bad_record: OnError, metric: str, max_records: int) -> EvalFile:
     source = open_source(path, on_error=on_bad_record)
-    keep, chars, buckets = [], [], []
+    keep, chars, buckets, questions = [], [], [], []
     fmt: str | None = None
     first: Sample | None = None
     for index in range(len(source)):
@@ -137,12 +138,13 @@ def _open(path: pathlib.Path, on_bad_record: OnError, metric: str, max_records: 
         keep.append(index)
         chars.append(len(sample.document.text()))
         buckets.append(_bucket(sample))
+        questions.append(sample.question)
     if first is None and not source.skipped:
         raise ValueError(f"{path}: the file holds no records")
     if first is None:  # every record skipped: the file stays, with its skip counts and no samples
-        return EvalFile(path, "unknown", metric if metric != "auto" else "sub_em", source, [], [], [])
+        return EvalFile(path, "unknown", metric if metric != "auto" else "sub_em", source, [], [], [], [])
     headline = metric if metric != "auto" else _headline(fmt, first, path)
-    return EvalFile(path, fmt, headline, source, keep, chars, buckets)
+    return EvalFile(path, fmt, headline, source, keep, chars, buckets, questions)
 
 
 def open_eval_files(patterns: Sequence[str], on_bad_record: OnError = "raise", metric: str = "auto",
@@ -172,3 +174,13 @@ def open_eval_files(patterns: Sequence[str], on_bad_record: OnError = "raise", m
             raise ValueError(f"--data {pattern!r} mixes formats ({examples}): give one glob per format")
         files += opened
     return files
+
+
+def check_questions(files: Sequence[EvalFile], tokenizer: TextTokenizer, max_question_tokens: int) -> None:
+    """The agent refuses a question over max_question_tokens mid-run; say so before the model loads instead."""
+    for f in files:
+        for position, question in enumerate(f.questions):
+            n = len(tokenizer.encode(question))
+            if n > max_question_tokens:
+                raise ValueError(f"{_location(f.source, f.keep[position])}: the question has {n} tokens, more than "
+                                 f"--max_question_tokens={max_question_tokens}")

@@ -24,13 +24,13 @@ import pathlib
 from absl import app, flags
 
 from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, load_sizes
-from memagent_jax.eval_data import METRICS, open_eval_files
+from memagent_jax.eval_data import METRICS, check_questions, open_eval_files
 from memagent_jax.eval_files import SAMPLING, FileEvalConfig, Progress, evaluate_files
 from memagent_jax.eval_report import format_file_table, summarize, write_file_results
 from memagent_jax.eval_store import ResultStore
-
 from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig, evaluate_checkpoints, format_table, length_label, \
     parse_checkpoints, parse_lengths, write_results
+from memagent_jax.tokenizer import load_tokenizer
 
 _DEFAULTS = EvalConfig()
 _CHECKPOINT = flags.DEFINE_multi_string("checkpoint", [], "Checkpoint folder as DIR or NAME=DIR (repeatable).")
@@ -111,6 +111,8 @@ def _main_files() -> None:
                  for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION, _BOUNDARY)}
         cfg = FileEvalConfig.with_sampling(_SAMPLING.value, sizes, _SEED.value, _BATCH.value)
         files = open_eval_files(_DATA.value, _ON_BAD.value, _METRIC.value, _MAX_RECORDS.value)
+        for checkpoint in named.values():  # tokenizers load in a moment; the models wait until all is checked
+            check_questions(files, load_tokenizer(checkpoint), cfg.agent.max_question_tokens)
         out = pathlib.Path(_OUT.value) if _OUT.value else first / "eval_data"
         store = ResultStore(out / "samples.jsonl", cfg.settings())
         records = sum(len(f.keep) for f in files)
