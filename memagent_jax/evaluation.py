@@ -39,8 +39,9 @@ from memagent_jax.model.hf import load_hf_checkpoint
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.tokenizer import load_tokenizer
 
-__all__ = ["EvalConfig", "LONG_LENGTHS", "evaluate_checkpoint", "evaluate_checkpoints", "format_table",
-           "length_label", "plot_accuracy", "read_results", "score_trajectories", "write_results"]
+__all__ = ["EvalConfig", "LONG_LENGTHS", "draw_lines", "evaluate_checkpoint", "evaluate_checkpoints", "format_table",
+           "length_label", "open_agent", "plot_accuracy", "read_results", "score_trajectories", "size_engine",
+           "write_results"]
 
 # Training draws its samples with seeds config.seed * 1000 + 1 (SFT) and + 2 (RL); see training.phase_data.
 TRAINING_SEED_OFFSETS = (1, 2)
@@ -96,20 +97,10 @@ class EvalConfig:
                            temperature=self.temperature, seed=self.seed, chunk_boundary=self.chunk_boundary)
 
     def engine_config(self, prompts: AgentPrompts, page_size: int = 16) -> EngineConfig:
-        """`engine` if given, else the smallest engine that fits the longest prompt plus its generation
-        for `batch` sequences at once (twice the pages, so prompt records can stay cached)."""
+        """`engine` if given, else `size_engine` for the agent sizes and `batch`."""
         if self.engine is not None:
             return self.engine
-        longest = (prompts.memory_update.fixed_length() + self.max_question_tokens
-                   + max(self.max_memory_tokens, len(prompts.initial_memory)) + self.chunk_size)
-        generated = max(self.max_memory_tokens, self.max_answer_tokens)
-        max_seq_len = -(-(longest + generated) // page_size) * page_size
-        pages = max_seq_len // page_size
-        return EngineConfig(page_size=page_size, num_pages=2 * self.batch * pages + 2, max_slots=self.batch,
-                            max_seq_len=max_seq_len, max_prompt_len=longest,
-                            # A power of two: prefill pieces are padded to powers of two, so no odd extra shape.
-                            prefill_chunk=max(page_size, min(512, 1 << (max_seq_len.bit_length() - 1))),
-                            prefill_batch=min(8, self.batch))
+        return size_engine(prompts, self.agent_config(), self.batch, page_size)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples -> lists: what JSON holds
@@ -120,6 +111,21 @@ class EvalConfig:
         if values.get("engine") is not None:
             values["engine"] = EngineConfig(**values["engine"])
         return cls(**values)
+
+
+def size_engine(prompts: AgentPrompts, agent: AgentConfig, batch: int, page_size: int = 16) -> EngineConfig:
+    """The smallest engine that fits the longest prompt plus its generation for `batch` sequences at once
+    (twice the pages, so prompt records can stay cached)."""
+    longest = (prompts.memory_update.fixed_length() + agent.max_question_tokens
+               + max(agent.max_memory_tokens, len(prompts.initial_memory)) + agent.chunk_size)
+    generated = max(agent.max_memory_tokens, agent.max_answer_tokens)
+    max_seq_len = -(-(longest + generated) // page_size) * page_size
+    pages = max_seq_len // page_size
+    return EngineConfig(page_size=page_size, num_pages=2 * batch * pages + 2, max_slots=batch,
+                        max_seq_len=max_seq_len, max_prompt_len=longest,
+                        # A power of two: prefill pieces are padded to powers of two, so no odd extra shape.
+                        prefill_chunk=max(page_size, min(512, 1 << (max_seq_len.bit_length() - 1))),
+                        prefill_batch=min(8, batch))
 
 
 def length_label(n: int) -> str:
@@ -238,24 +244,33 @@ def _engine_for(model: Transformer, model_cfg: ModelConfig, engine_cfg: EngineCo
     return Engine(model, engine_cfg)
 
 
-def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
-              on_progress: Callable[[dict[str, Any]], None] | None,
-              previous: Engine | None = None) -> tuple[dict[str, Any], Engine]:
+def open_agent(checkpoint_dir: str | os.PathLike, agent_cfg: AgentConfig,
+               engine_config: Callable[[AgentPrompts], EngineConfig], previous: Engine | None = None) -> MemoryAgent:
+    """A memory agent on the checkpoint's weights and tokenizer (its chat template builds the prompts), on
+    `previous`'s engine when architecture and `engine_config(prompts)` match (no new compilations)."""
     checkpoint = pathlib.Path(checkpoint_dir)
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
     tokenizer = load_tokenizer(checkpoint)
     model, model_cfg = load_hf_checkpoint(checkpoint)
     prompts = AgentPrompts.build(tokenizer)
-    engine_cfg = cfg.engine_config(prompts)
+    engine_cfg = engine_config(prompts)
     if engine_cfg.max_seq_len > model_cfg.max_position_embeddings:
         raise ValueError(f"chunk, memory, question and answer sizes need {engine_cfg.max_seq_len} positions but "
                          f"{checkpoint} has max_position_embeddings={model_cfg.max_position_embeddings}: "
                          f"lower chunk_size or max_memory_tokens")
-    engine = _engine_for(model, model_cfg, engine_cfg, previous)  # one engine for all cells
+    engine = _engine_for(model, model_cfg, engine_cfg, previous)
     del model  # the engine holds its own copy of the weights
+    return MemoryAgent(engine, tokenizer, agent_cfg, prompts)
+
+
+def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
+              on_progress: Callable[[dict[str, Any]], None] | None,
+              previous: Engine | None = None) -> tuple[dict[str, Any], Engine]:
+    checkpoint = pathlib.Path(checkpoint_dir)
+    agent = open_agent(checkpoint, cfg.agent_config(), cfg.engine_config, previous)
+    engine, tokenizer = agent.engine, agent.tokenizer
     compiled_before = sum(engine.stats.compilations.values())
-    agent = MemoryAgent(engine, tokenizer, cfg.agent_config(), prompts)
     stop_ids = tuple(tokenizer.stop_ids)
 
     cells = []
@@ -286,7 +301,7 @@ def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
             if on_progress is not None:
                 on_progress(cell)
     compilations = sum(engine.stats.compilations.values()) - compiled_before
-    return ({"checkpoint": str(checkpoint), "engine": dataclasses.asdict(engine_cfg), "compilations": compilations,
+    return ({"checkpoint": str(checkpoint), "engine": dataclasses.asdict(engine.config), "compilations": compilations,
              "cells": cells}, engine)
 
 
@@ -327,6 +342,19 @@ def format_table(results_by_name: Mapping[str, Mapping[str, Any]], cfg: EvalConf
 def plot_accuracy(results_by_name: Mapping[str, Mapping[str, Any]], cfg: EvalConfig,
                   path: str | os.PathLike) -> pathlib.Path:
     """PNG of accuracy against document length (log2 axis), one line per (checkpoint, task)."""
+    lines = []
+    for i, (name, results) in enumerate(results_by_name.items()):
+        for j, task in enumerate(cfg.tasks):
+            points = [(n, c["accuracy"]) for n in cfg.lengths if (c := _cell(results, task, n)) is not None]
+            lines.append((f"{name} · {task}", points, i, j))
+    return draw_lines(lines, [(n, length_label(n)) for n in cfg.lengths], "document length (tokens)",
+                      "accuracy (boxed reward)", path)
+
+
+def draw_lines(lines: Sequence[tuple[str, Sequence[tuple[float, float]], int, int]],
+               ticks: Sequence[tuple[float, str]], xlabel: str, ylabel: str,
+               path: str | os.PathLike) -> pathlib.Path:
+    """PNG of (label, points, colour index, style index) lines of scores in [0, 1] on a log2 x axis."""
     # Imported here, and without pyplot: no global figure state, no GUI backend, Agg renders the file.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -335,19 +363,17 @@ def plot_accuracy(results_by_name: Mapping[str, Mapping[str, Any]], cfg: EvalCon
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     styles = ["-", "--", ":", "-."]
-    for i, (name, results) in enumerate(results_by_name.items()):
-        for j, task in enumerate(cfg.tasks):
-            points = [(n, c["accuracy"]) for n in cfg.lengths if (c := _cell(results, task, n)) is not None]
-            if points:
-                xs, ys = zip(*points)
-                # Colour per checkpoint, line style per task: comparisons across checkpoints stand out.
-                ax.plot(xs, ys, styles[j % len(styles)], marker="o", color=f"C{i}", label=f"{name} · {task}")
+    for label, points, colour, style in lines:
+        if points:
+            xs, ys = zip(*points)
+            # Colour per checkpoint, line style per task: comparisons across checkpoints stand out.
+            ax.plot(xs, ys, styles[style % len(styles)], marker="o", color=f"C{colour}", label=label)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(list(cfg.lengths), [length_label(n) for n in cfg.lengths])
+    ax.set_xticks([x for x, _ in ticks], [t for _, t in ticks])
     ax.minorticks_off()
     ax.set_ylim(-0.03, 1.03)
-    ax.set_xlabel("document length (tokens)")
-    ax.set_ylabel("accuracy (boxed reward)")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -22,3 +22,34 @@ def sp_tokenizer_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sp_shared")
     train_sentencepiece(task_corpus(1500), folder, vocab_size=512)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_eval_checkpoints(tmp_path_factory):
+    """Two checkpoint folders as the project exports them (HF layout, SentencePiece tokenizer): a random tiny
+    Qwen2, and the same architecture with all-zero weights (every logit 0, so greedy decoding always picks
+    id 0): it shows which weights an engine shared across checkpoints ran with."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from memagent_jax.data.corpus import tokenizer_corpus
+    from memagent_jax.model.config import ModelConfig
+    from memagent_jax.model.hf import save_hf_checkpoint
+    from memagent_jax.model.transformer import Transformer
+    from memagent_jax.tokenizer import train_sentencepiece
+
+    root = tmp_path_factory.mktemp("ckpt")
+    cfg = ModelConfig(family="qwen2", vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2,
+                      num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True, tie_word_embeddings=True,
+                      max_position_embeddings=2048)
+    model = Transformer(cfg, rngs=nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    zero = nnx.merge(graphdef, jax.tree.map(jnp.zeros_like, state))
+    folders = []
+    for name, weights in (("export", model), ("zero", zero)):
+        folder = root / name
+        save_hf_checkpoint(weights, folder, overwrite=True)
+        train_sentencepiece(tokenizer_corpus(1500), folder, vocab_size=512)  # after the save: it replaces the folder
+        folders.append(folder)
+    return folders

@@ -8,20 +8,13 @@ import shutil
 import subprocess
 import sys
 
-import jax
-import jax.numpy as jnp
 import pytest
-from flax import nnx
 
 from memagent_jax.agent.memory_agent import AgentConfig, Conversation, Trajectory
-from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.data.tasks import make_task
 from memagent_jax.evaluation import (EvalConfig, evaluate_checkpoints, format_table, length_label, parse_checkpoints,
                                      parse_lengths, read_results, score_trajectories, write_results)
-from memagent_jax.model.config import ModelConfig
-from memagent_jax.model.hf import save_hf_checkpoint
-from memagent_jax.model.transformer import Transformer
-from memagent_jax.tokenizer import load_tokenizer, train_sentencepiece
+from memagent_jax.tokenizer import load_tokenizer
 
 NAMES = ("SFT", "SFT+GRPO")
 CFG = EvalConfig(lengths=(256, 512), samples_per_cell=2, chunk_size=64, max_memory_tokens=8, max_answer_tokens=8,
@@ -29,23 +22,8 @@ CFG = EvalConfig(lengths=(256, 512), samples_per_cell=2, chunk_size=64, max_memo
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-    """A random tiny checkpoint, and the same architecture with all-zero weights (every logit 0, so greedy
-    decoding always picks id 0): it shows which weights an engine shared across checkpoints ran with."""
-    root = tmp_path_factory.mktemp("ckpt")
-    cfg = ModelConfig(family="qwen2", vocab_size=512, hidden_size=32, intermediate_size=64, num_layers=2,
-                      num_heads=4, num_kv_heads=2, head_dim=8, qkv_bias=True, tie_word_embeddings=True,
-                      max_position_embeddings=2048)
-    model = Transformer(cfg, rngs=nnx.Rngs(0))
-    graphdef, state = nnx.split(model)
-    zero = nnx.merge(graphdef, jax.tree.map(jnp.zeros_like, state))
-    folders = []
-    for name, weights in (("export", model), ("zero", zero)):
-        folder = root / name
-        save_hf_checkpoint(weights, folder, overwrite=True)
-        train_sentencepiece(tokenizer_corpus(1500), folder, vocab_size=512)  # after the save: it replaces the folder
-        folders.append(folder)
-    return folders
+def checkpoints(tiny_eval_checkpoints):
+    return tiny_eval_checkpoints
 
 
 @pytest.fixture(scope="module")

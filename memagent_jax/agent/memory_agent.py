@@ -170,10 +170,13 @@ class MemoryAgent:
 
     def run(self, tasks: Sequence[AgentTask], group_size: int = 1,
             on_progress: Callable[[Trajectory, int], None] | None = None,
-            keep_prompts: bool = True) -> list[Trajectory]:
+            keep_prompts: bool = True,
+            on_finish: Callable[[Trajectory], None] | None = None) -> list[Trajectory]:
         """All trajectories, ordered by (task, rollout). `on_progress(trajectory, chunks_done)` is called
-        after every memory update (for progress bars). Training needs every conversation's prompt;
-        answering does not, and `keep_prompts=False` keeps host memory flat on very long documents."""
+        after every memory update (for progress bars); `on_finish(trajectory)` as soon as one trajectory is
+        done (answered or failed), so evaluation can save it before the rest of the batch ends. Training
+        needs every conversation's prompt; answering does not, and `keep_prompts=False` keeps host memory
+        flat on very long documents."""
         self._keep_prompts = keep_prompts
         if group_size < 1:
             raise ValueError(f"group_size must be >= 1, got {group_size}")
@@ -197,6 +200,8 @@ class MemoryAgent:
                 self._on_completion(state, completion, caches, on_progress)
                 if not state.done:
                     self._submit_next(index, state, tasks, questions, caches, waiting)
+                elif on_finish is not None:
+                    on_finish(state.trajectory)
         return [state.trajectory for state in rollouts]
 
     def _question_ids(self, task: AgentTask) -> list[int]:

@@ -1,0 +1,207 @@
+"""Checkpoints run on evaluation files (`memagent_jax.evaluate --data`): resumable, with a progress bar.
+
+Every sample of every `EvalFile` (eval_data.py) not yet in the `ResultStore` (eval_store.py) goes through
+the memory agent, `batch` documents at a time, on one engine per architecture (checkpoints of the same
+shape share it, as in evaluation.py). A sample is scored and appended to the store the moment all its
+rollouts finish, so a stopped run loses only the samples in flight. Scores per sample (the mean over its
+rollouts): sub_em, exact_match and f1 (HotpotQA/SQuAD-normalised, best over the gold answers),
+string_match_all and string_match_part (RULER) on the extracted answer, and the training reward (boxed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any
+
+from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory
+from memagent_jax.agent.verify import best_of, boxed_reward, exact_match, extract_answer, f1_score, \
+    string_match_all_single, string_match_part_single, sub_em
+from memagent_jax.data.document import Sample
+from memagent_jax.eval_data import EvalFile
+from memagent_jax.eval_store import ResultStore, sample_key
+
+__all__ = ["SAMPLING", "FileEvalConfig", "Progress", "evaluate_files", "score_sample"]
+
+# greedy: one deterministic answer per sample. paper: the reference's validation sampling (MEMAGENT.md):
+# temperature 1.0, top-p 0.7, 4 samples per question, scores averaged.
+SAMPLING = {"greedy": {"temperature": 0.0, "top_p": 1.0, "rollouts": 1},
+            "paper": {"temperature": 1.0, "top_p": 0.7, "rollouts": 4}}
+SCORES = ("sub_em", "exact_match", "f1", "string_match_all", "string_match_part", "boxed")
+
+
+@dataclasses.dataclass(frozen=True)
+class FileEvalConfig:
+    agent: AgentConfig  # sizes, chunk boundary, temperature, top_p and sampling seed
+    rollouts: int = 1  # answers per sample (their scores are averaged)
+    batch: int = 8  # documents run at once (the engine's decode slots hold batch * rollouts sequences)
+
+    def __post_init__(self) -> None:
+        if self.rollouts < 1 or self.batch < 1:
+            raise ValueError(f"rollouts and batch must be >= 1, got {self.rollouts} and {self.batch}")
+
+    @classmethod
+    def with_sampling(cls, sampling: str, sizes: Mapping[str, Any], seed: int, batch: int) -> "FileEvalConfig":
+        if sampling not in SAMPLING:
+            raise ValueError(f"sampling must be one of {sorted(SAMPLING)}, got {sampling!r}")
+        mode = SAMPLING[sampling]
+        agent = AgentConfig(**sizes, temperature=mode["temperature"], top_p=mode["top_p"], seed=seed)
+        return cls(agent, mode["rollouts"], batch)
+
+    def settings(self) -> dict[str, Any]:
+        """What changes the scores (batch does not: every request has its own seed)."""
+        return {**dataclasses.asdict(self.agent), "rollouts": self.rollouts}
+
+
+def score_sample(sample: Sample, trajectories: Sequence[Trajectory], metric: str) -> dict[str, float]:
+    """Mean over the rollouts of every score; a rollout that failed in the engine scores 0."""
+    answers = list(sample.answers)
+    # The boxed reward compares with one string per alternative, or all references joined (sample.py's rule).
+    golds = [", ".join(answers)] if metric == "string_match_all" else answers
+    totals = dict.fromkeys(SCORES, 0.0)
+    for trajectory in trajectories:
+        if trajectory.error is not None:
+            continue
+        prediction = extract_answer(trajectory.answer)
+        totals["sub_em"] += best_of(sub_em, prediction, answers)
+        totals["exact_match"] += best_of(exact_match, prediction, answers)
+        totals["f1"] += best_of(f1_score, prediction, answers)
+        totals["string_match_all"] += string_match_all_single(prediction, answers)
+        totals["string_match_part"] += string_match_part_single(prediction, answers)
+        totals["boxed"] += boxed_reward(trajectory.answer, golds)
+    return {name: value / len(trajectories) for name, value in totals.items()}
+
+
+class Progress:
+    """One status line on stderr: samples done, document tokens read, tokens/s and an ETA.
+
+    The ETA turns the characters still to read into tokens with the ratio seen so far (before the first
+    sample ends, the ratio measured on a piece of the first document). On a terminal the line redraws in place; in a log, a line every 30 s."""
+
+    def __init__(self, stream: IO[str] | None = None, every_s: float | None = None):
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty()
+        self.every_s = every_s if every_s is not None else (0.5 if self.tty else 30.0)
+        self.tokens = 0  # document tokens read in this run (every rollout reads the same chunk once)
+
+    def start(self, name: str, samples: int, chars: int, tokens_per_char: float = 0.25) -> None:
+        self.name, self.total, self.done, self.chars_left = name, samples, 0, chars
+        self.tokens_per_char = tokens_per_char
+        self.done_chars = self.done_tokens = 0
+        self._tokens_at_start = self.tokens
+        self.started = self._shown = time.perf_counter()
+        self.show(force=True)
+
+    def read(self, n: int) -> None:
+        self.tokens += n
+
+    def sample_done(self, chars: int, tokens: int) -> None:
+        self.done, self.chars_left = self.done + 1, self.chars_left - chars
+        self.done_chars, self.done_tokens = self.done_chars + chars, self.done_tokens + tokens
+        self.show(force=self.done == self.total)
+
+    def show(self, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not force and now - self._shown < self.every_s:
+            return
+        self._shown = now
+        read = self.tokens - self._tokens_at_start
+        rate = read / (now - self.started) if now > self.started else 0.0
+        per_char = self.done_tokens / self.done_chars if self.done_chars else self.tokens_per_char
+        left = max(0.0, self.chars_left * per_char - (read - self.done_tokens))
+        eta = _clock(left / rate) if rate > 0 else "?"
+        share = self.done / self.total if self.total else 1.0
+        line = (f"[{self.name}] [{'#' * int(share * 24):<24}] {self.done}/{self.total} samples  "
+                f"{read:,} doc tokens  {rate:,.0f} tok/s  ETA {eta}")
+        self.stream.write(f"\r{line}\033[K" if self.tty else line + "\n")
+        if self.tty and self.done == self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def evaluate_files(named: Mapping[str, str | os.PathLike], files: Sequence[EvalFile], cfg: FileEvalConfig,
+                   store: ResultStore, progress: Progress | None = None) -> dict[str, Any]:
+    """Runs every checkpoint on every kept record of `files` not yet in `store`; returns this run's
+    throughput ({"samples", "document_tokens", "seconds", "tokens_per_s"}, compilation included)."""
+    from memagent_jax.evaluation import open_agent, size_engine  # jax loads only when there is work
+
+    progress = progress or Progress()
+    engine, samples_run, started = None, 0, time.perf_counter()
+    tokens_before = progress.tokens
+    for name, checkpoint in named.items():
+        todo = [(f, position) for f in files for position in range(len(f.keep))
+                if sample_key(name, f.path, f.keep[position]) not in store]
+        if not todo:
+            continue
+        agent = open_agent(pathlib.Path(checkpoint), cfg.agent,
+                           lambda prompts: size_engine(prompts, cfg.agent, cfg.batch * cfg.rollouts), engine)
+        engine = agent.engine
+        # Tokens per character differ by tokenizer and text (a synthetic-corpus tokenizer on HotpotQA gives
+        # twice Qwen's): measured on a piece of the first document, so the first ETA is already fair.
+        piece = todo[0][0].sample(todo[0][1]).document.text()[:16_384]
+        ratio = len(agent.tokenizer.encode(piece)) / len(piece) if piece else 0.25
+        progress.start(name, len(todo), sum(f.chars[position] for f, position in todo), ratio)
+        for batch in _batches(todo, cfg.batch):
+            _run_batch(name, agent, batch, cfg, store, progress)
+        samples_run += len(todo)
+    seconds = time.perf_counter() - started
+    tokens = progress.tokens - tokens_before
+    return {"samples": samples_run, "document_tokens": tokens, "seconds": seconds,
+            "tokens_per_s": tokens / seconds if samples_run and seconds > 0 else 0.0}
+
+
+def _run_batch(name: str, agent: MemoryAgent, batch: Sequence[tuple[EvalFile, int]], cfg: FileEvalConfig,
+               store: ResultStore, progress: Progress) -> None:
+    samples = [f.sample(position) for f, position in batch]
+    read = [0] * len(batch)
+
+    def counted(i: int, pieces: Iterable[list[int]]) -> Iterator[list[int]]:
+        for piece in pieces:
+            read[i] += len(piece)
+            progress.read(len(piece))
+            yield piece
+
+    tokenizer, chunk = agent.tokenizer, cfg.agent.chunk_size
+    # The sample id seeds each rollout's sampling: the data file and record, so a resumed run draws the same.
+    ids = {(str(f.path.resolve()), f.keep[position]): i for i, (f, position) in enumerate(batch)}
+    tasks = [AgentTask(sample_id, samples[i].question,
+                       lambda i=i: counted(i, samples[i].document.iter_tokens(tokenizer, chunk)),
+                       answers=tuple(samples[i].answers)) for sample_id, i in ids.items()]
+    finished: dict[int, list[Trajectory]] = {i: [] for i in range(len(batch))}
+    stops = set(tokenizer.stop_ids)
+
+    def on_finish(trajectory: Trajectory) -> None:
+        i = ids[trajectory.sample_id]
+        finished[i].append(trajectory)
+        if len(finished[i]) < cfg.rollouts:
+            return
+        f, position = batch[i]
+        rollouts = sorted(finished[i], key=lambda t: t.rollout)
+        updates = [sum(t not in stops for t in c.response) for r in rollouts for c in r.conversations
+                   if c.kind == "memory"]
+        store.add({"checkpoint": name, "file": str(f.path), "record": f.keep[position],
+                   "index": samples[i].meta.get("index"), "bucket": list(f.buckets[position]), "metric": f.metric,
+                   "scores": score_sample(samples[i], rollouts, f.metric),
+                   "errors": sum(r.error is not None for r in rollouts),
+                   "predictions": [extract_answer(r.answer) for r in rollouts],
+                   "answers": list(samples[i].answers), "document_tokens": read[i],
+                   "chunks": sum(r.num_chunks for r in rollouts) / len(rollouts),
+                   "memory_tokens": sum(updates) / len(updates) if updates else 0.0})
+        progress.sample_done(f.chars[position], read[i])
+
+    agent.run(tasks, group_size=cfg.rollouts, on_progress=lambda trajectory, chunks: progress.show(),
+              keep_prompts=False, on_finish=on_finish)
