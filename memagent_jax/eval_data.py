@@ -91,17 +91,6 @@ def _expand(patterns: Sequence[str]) -> list[tuple[str, list[pathlib.Path]]]:
     return out
 
 
-def _content_problem(sample: Sample) -> str | None:
-    """Why a parsed record cannot be scored (the readers accept empty strings; a metric cannot)."""
-    if not sample.document.text().strip():
-        return "empty context"
-    if not sample.question.strip():
-        return "empty question"
-    if any(not answer.strip() for answer in sample.answers):
-        return "empty answer"
-    return None
-
-
 def _location(source: RecordSource, index: int) -> str:
     line_of = getattr(source, "line_of", None)  # JSONL readers know lines; arrays and Parquet know rows
     return f"{source.path}:{line_of(index)}" if line_of else f"{source.path} record {index}"
@@ -115,7 +104,10 @@ def _headline(fmt: str, first: Sample, path: pathlib.Path) -> str:
 
 
 def _open(path: pathlib.Path, on_bad_record: OnError, metric: str, max_records: int) -> EvalFile:
-    source = open_source(path, on_error=on_bad_record)
+    try:  # malformed or empty records (data/records.py): an error, or skipped and counted by the reader
+        source = open_source(path, on_error=on_bad_record)
+    except RecordError as err:
+        raise ValueError(f"{err} (--on_bad_record=skip skips and counts such records)") from None
     keep, chars, buckets, questions = [], [], [], []
     fmt: str | None = None
     first: Sample | None = None
@@ -128,13 +120,6 @@ def _open(path: pathlib.Path, on_bad_record: OnError, metric: str, max_records: 
             # One file, one format: a mix means the file is not what the user thinks it is.
             raise ValueError(f"{_location(source, index)}: a {record_fmt} record in a file of {fmt} records")
         fmt, first = record_fmt, first if first is not None else sample
-        problem = _content_problem(sample)
-        if problem is not None:
-            err = RecordError(_location(source, index), problem)
-            if on_bad_record == "raise":
-                raise ValueError(f"{err} (--on_bad_record=skip skips and counts such records)")
-            source.skip_log.record(err)
-            continue
         keep.append(index)
         chars.append(len(sample.document.text()))
         buckets.append(_bucket(sample))

@@ -114,7 +114,7 @@ def test_wrong_schema_mixed_formats_and_bad_records(tmp_path):
             {"context": "Text.", "input": "q?", "answers": []}]
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     [spec] = parse_sources(({"path": str(tmp_path / "eval.jsonl")},), "s")
-    with pytest.raises(SourceError, match=r"eval.jsonl:2: empty field 'context'"):
+    with pytest.raises(SourceError, match=r"eval.jsonl:2: empty context"):
         FileSource(spec, "s[0]")
     [spec] = parse_sources(({"path": str(tmp_path / "eval.jsonl"), "on_error": "skip"},), "s")
     source = FileSource(spec, "s[0]")

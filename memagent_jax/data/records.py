@@ -66,6 +66,8 @@ def _answers(value: Any, name: str) -> tuple[str, ...]:
     for v in value:
         if isinstance(v, bool) or not isinstance(v, (str, int, float)):
             raise BadRecord(f"field {name!r} holds a {type(v).__name__}, expected strings")
+        if not str(v).strip():
+            raise BadRecord(f"empty answer in field {name!r}")
         out.append(str(v))
     return tuple(out)
 
@@ -94,7 +96,7 @@ def parse_record(
 def _context(record: Mapping[str, Any]) -> str:
     context = _field(record, "context", str)
     if not context.strip():
-        raise BadRecord("empty field 'context'")
+        raise BadRecord("empty context")
     return context
 
 
@@ -111,6 +113,8 @@ def _from_train(record: Mapping[str, Any], position: int, task: str | None) -> S
         if not users or not isinstance(users[-1].get("content"), str):
             raise BadRecord("field 'prompt' has no user message with string content")
         question = users[-1]["content"]
+        if not question.strip():
+            raise BadRecord("empty question in field 'prompt'")
     elif isinstance(extra.get("question"), str):
         question = extra["question"]
     else:
@@ -152,6 +156,8 @@ def _evidence(facts: Any) -> list[str]:
 def _from_eval(record: Mapping[str, Any], position: int, task: str | None) -> Sample:
     context = _context(record)
     question = _field(record, "input", str)
+    if not question.strip():
+        raise BadRecord("empty field 'input'")
     answers = _answers(record.get("answers"), "answers")
     meta = {"format": "memagent_eval", "index": _int_or(record.get("index"), position)}
     if (n := _int_or(record.get("num_docs"), None)) is not None:
