@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
     # `long` adds 256K and 1M tokens. Results in {workdir}/eval (table.md, accuracy.png, results.json).
     config.eval = ml_collections.ConfigDict({
         "enabled": True, "tasks": ("niah_single", "vt"), "lengths": (1024, 4096, 16384, 65536), "long": False,
-        "samples_per_cell": 8, "batch": 8})
+        "samples_per_cell": 8, "batch": 8, "data": (), "sampling": "greedy"})
 
     output_sections(config)
 

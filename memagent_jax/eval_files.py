@@ -25,7 +25,7 @@ from memagent_jax.data.document import Sample
 from memagent_jax.eval_data import EvalFile
 from memagent_jax.eval_store import ResultStore, sample_key
 
-__all__ = ["SAMPLING", "FileEvalConfig", "Progress", "evaluate_files", "score_sample"]
+__all__ = ["SAMPLING", "FileEvalConfig", "Progress", "evaluate_files", "open_evaluation", "score_sample"]
 
 # greedy: one deterministic answer per sample. paper: the reference's validation sampling (MEMAGENT.md):
 # temperature 1.0, top-p 0.7, 4 samples per question, scores averaged.
@@ -131,6 +131,19 @@ def _clock(seconds: float) -> str:
 def _batches(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
+
+
+def open_evaluation(patterns: Sequence[str], cfg: FileEvalConfig, out: str | os.PathLike,
+                    tokenizers: Iterable[Any], *, on_bad_record: str = "raise", metric: str = "auto",
+                    max_records: int = 0) -> tuple[list[EvalFile], ResultStore]:
+    """Everything checked before a model loads: the files and their records, every question against each
+    checkpoint's tokenizer, and the results store in `out` (same settings or a clear refusal)."""
+    from memagent_jax.eval_data import check_questions, open_eval_files
+
+    files = open_eval_files(patterns, on_bad_record, metric, max_records)
+    for tokenizer in tokenizers:
+        check_questions(files, tokenizer, cfg.agent.max_question_tokens)
+    return files, ResultStore(pathlib.Path(out) / "samples.jsonl", cfg.settings())
 
 
 def evaluate_files(named: Mapping[str, str | os.PathLike], files: Sequence[EvalFile], cfg: FileEvalConfig,

@@ -24,10 +24,9 @@ import pathlib
 from absl import app, flags
 
 from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, load_sizes
-from memagent_jax.eval_data import METRICS, check_questions, open_eval_files
-from memagent_jax.eval_files import SAMPLING, FileEvalConfig, Progress, evaluate_files
+from memagent_jax.eval_data import METRICS
+from memagent_jax.eval_files import SAMPLING, FileEvalConfig, Progress, evaluate_files, open_evaluation
 from memagent_jax.eval_report import format_file_table, summarize, write_file_results
-from memagent_jax.eval_store import ResultStore
 from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig, evaluate_checkpoints, format_table, length_label, \
     parse_checkpoints, parse_lengths, write_results
 from memagent_jax.tokenizer import load_tokenizer
@@ -110,11 +109,10 @@ def _main_files() -> None:
         sizes = {flag.name: (flag.value if flag.present else saved.get(flag.name, getattr(paper, flag.name)))
                  for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION, _BOUNDARY)}
         cfg = FileEvalConfig.with_sampling(_SAMPLING.value, sizes, _SEED.value, _BATCH.value)
-        files = open_eval_files(_DATA.value, _ON_BAD.value, _METRIC.value, _MAX_RECORDS.value)
-        for checkpoint in named.values():  # tokenizers load in a moment; the models wait until all is checked
-            check_questions(files, load_tokenizer(checkpoint), cfg.agent.max_question_tokens)
         out = pathlib.Path(_OUT.value) if _OUT.value else first / "eval_data"
-        store = ResultStore(out / "samples.jsonl", cfg.settings())
+        # Tokenizers load in a moment; the models wait until everything is checked.
+        files, store = open_evaluation(_DATA.value, cfg, out, (load_tokenizer(c) for c in named.values()),
+                                       on_bad_record=_ON_BAD.value, metric=_METRIC.value, max_records=_MAX_RECORDS.value)
         records = sum(len(f.keep) for f in files)
         skipped = sum(sum(f.skipped.values()) for f in files)
         print(f"evaluating {', '.join(named)} on {len(files)} file(s), {records} records ({skipped} skipped), "

@@ -16,7 +16,8 @@ PAPER_OPTIMIZER = dict(learning_rate=1e-6, warmup_steps=20, weight_decay=0.01, g
 
 def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, int], num_pages: int, max_slots: int,
                  rows_per_micro: int, batch_size: int, mini_batch_size: int,
-                 train_file: str = "data/hotpotqa_train.parquet") -> ml_collections.ConfigDict:
+                 train_file: str = "data/hotpotqa_train.parquet",
+                 eval_files: str = "data/ruler_hqa/ruler_hqa_*.jsonl") -> ml_collections.ConfigDict:
     """A run config with MemAgent's sizes and RL hyperparameters; the arguments are what differs by target."""
     config = ml_collections.ConfigDict()
     config.seed = 0
@@ -83,12 +84,14 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
                  "aggregation": "token-mean", "tis_cap": 2.0, "entropy_coef": 0.0},
         "optimizer": optimizer_section(**PAPER_OPTIMIZER)})
 
-    # The held-out synthetic evaluation after training (SFT-only beside SFT+GRPO): off here, since it runs on
-    # process 0 alone and the paper's benchmark is RULER-HQA (7K to 3.5M tokens), which comes with the data
-    # plumbing; turn it on for a single-host check of multi-hop QA by length.
+    # The evaluation after training: RULER-HQA (eval.data, built by `python -m memagent_jax.data.hotpotqa
+    # --hotpotqa FILE --out_dir data/ruler_hqa`; sub_em by number of documents, resumable in
+    # {workdir}/eval_data). Off by default: it runs on process 0 alone, and its 3.5M-token cells take hours;
+    # turn it on with --config.eval.enabled=True, or run `python -m memagent_jax.evaluate --checkpoint
+    # {workdir}/export --data 'data/ruler_hqa/*.jsonl'` on any machine (README "Reproduce the paper's table").
     config.eval = ml_collections.ConfigDict({
         "enabled": False, "tasks": ("multihop_qa",), "lengths": (7000, 28000, 112000), "long": False,
-        "samples_per_cell": 16, "batch": 16})
+        "samples_per_cell": 16, "batch": 16, "data": (eval_files,), "sampling": "greedy"})
 
     output_sections(config)
 

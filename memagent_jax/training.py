@@ -121,6 +121,7 @@ class TrainingRun:
         self.sources = {phase: phase_source(config, phase, self.tokenizer)
                         for phase in ("retrieval", "sft", "rl") if config[phase].steps}
         self.eval_config = self._eval_config()
+        self.eval_files = self._open_eval_data()  # config.eval.data: files checked before any model
         # Still nothing allocated: the per-device budget is printed, and a run that cannot fit stops here.
         self.budget_table = check_run_budget(config, self.settings, build_mesh(config))
         if jax.process_index() == 0:
@@ -254,8 +255,47 @@ class TrainingRun:
         except ValueError as err:
             raise configuration.ConfigError(f"config.eval: {err}") from err
 
+    def _file_eval_config(self) -> Any:
+        from memagent_jax.eval_files import FileEvalConfig
+
+        agent, section = self.settings.agent, self.config.eval
+        sizes = {name: getattr(agent, name) for name in ("chunk_size", "max_memory_tokens", "max_answer_tokens",
+                                                          "max_question_tokens", "chunk_boundary")}
+        return FileEvalConfig.with_sampling(section.get("sampling", "greedy"), sizes, self.config.seed * 1000 + 7,
+                                            section.batch)
+
+    def _open_eval_data(self) -> list[Any]:
+        """config.eval.data (files or globs, e.g. RULER-HQA): opened and checked now, as a ConfigError."""
+        from memagent_jax.eval_data import check_questions, open_eval_files
+
+        patterns = self.config.eval.get("data", ())
+        patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
+        if not (self.config.eval.enabled and patterns):
+            return []
+        try:
+            files = open_eval_files(patterns, self.config.eval.get("on_bad_record", "raise"))
+            check_questions(files, self.tokenizer, self._file_eval_config().agent.max_question_tokens)
+        except (OSError, ValueError) as err:
+            raise configuration.ConfigError(f"config.eval.data: {err}") from None
+        return files
+
+    def _evaluate_files(self, named: dict[str, pathlib.Path]) -> str:
+        """The exports on config.eval.data's files (resumable in {workdir}/eval_data); returns the table."""
+        from memagent_jax.eval_files import Progress, evaluate_files
+        from memagent_jax.eval_report import format_file_table, summarize, write_file_results
+        from memagent_jax.eval_store import ResultStore
+
+        cfg, out = self._file_eval_config(), self.workdir / "eval_data"
+        store = ResultStore(out / "samples.jsonl", cfg.settings())
+        run = evaluate_files(named, self.eval_files, cfg, store, Progress())
+        summary = summarize(named, self.eval_files, store)
+        sampling = self.config.eval.get("sampling", "greedy")
+        write_file_results(summary, store.settings, run, sampling, out)
+        return format_file_table(summary, sampling)
+
     def evaluate(self) -> str | None:
-        """SFT-only and SFT+GRPO side by side on held-out samples by length (config.eval); returns the table."""
+        """SFT-only and SFT+GRPO side by side (config.eval) on held-out synthetic samples by length, or on
+        config.eval.data's files; returns the table."""
         from memagent_jax.evaluation import evaluate_checkpoints, format_table, write_results
 
         if not self.config.eval.enabled or not self.is_main:
@@ -263,6 +303,8 @@ class TrainingRun:
         cfg = self.eval_config
         named = {name: self.workdir / folder for name, folder in (("SFT", "export_sft"), ("SFT+GRPO", "export"))
                  if (self.workdir / folder).is_dir()}
+        if self.eval_files:
+            return self._evaluate_files(named)
         progress = ProgressBar(len(named) * len(cfg.tasks) * len(cfg.lengths), "eval",
                                enabled=self.config.metrics.progress)
         results = evaluate_checkpoints(named, cfg, on_progress=lambda name, cell: progress.update(

@@ -136,3 +136,25 @@ def test_data_source_errors_stop_before_anything_is_built(tmp_path, tokenizer_di
     with pytest.raises(ConfigError, match=message):
         TrainingRun(config)
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_the_run_evaluates_its_exports_on_config_eval_data(tmp_path, tokenizer_dir):
+    """config.eval.data (e.g. RULER-HQA files): checked before anything is built, then the exports are scored
+    on it by file and length after training."""
+    import json
+
+    from memagent_jax.training import TrainingRun
+
+    rows = [{"context": f"Document 1:\nItem {i} is in city{i}.\n", "input": f"Where is item {i}?",
+             "answers": [f"city{i}"], "num_docs": 1, "index": i} for i in range(2)]
+    (tmp_path / "hqa_1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = _config(tmp_path / "run", tokenizer_dir, sft=1, rl=1)
+    config.eval.update(enabled=True, data=(str(tmp_path / "hqa_*.jsonl"),), batch=2)
+    TrainingRun(config).run()
+    results = json.loads((tmp_path / "run" / "eval_data" / "results.json").read_text())
+    assert "hqa_1.jsonl" in (tmp_path / "run" / "eval_data" / "table.md").read_text()
+    assert len((tmp_path / "run" / "eval_data" / "samples.jsonl").read_text().splitlines()) == 1 + 2 * 2, results
+    config = _config(tmp_path / "bad", tokenizer_dir)
+    config.eval.update(enabled=True, data=(str(tmp_path / "nope_*.jsonl"),))
+    with pytest.raises(ConfigError, match=r"config.eval.data: --data '.*nope_\*.jsonl' matches no file"):
+        TrainingRun(config)
