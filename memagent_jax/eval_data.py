@@ -16,8 +16,6 @@ its record's ``num_docs`` (MemAgent evaluation rows) or ``length`` (RULER rows).
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 import pathlib
 import re
 from collections.abc import Sequence
@@ -26,12 +24,12 @@ from memagent_jax.data.document import Sample, TextTokenizer
 from memagent_jax.data.errors import OnError, RecordError, check_on_error
 from memagent_jax.data.readers import RecordSource, open_source
 from memagent_jax.data.ruler_qa import HEAD as RULER_QA_HEAD
+from memagent_jax.data.sources import data_files
 
 __all__ = ["METRICS", "EvalFile", "Bucket", "bucket_label", "check_questions", "open_eval_files"]
 
 METRICS = ("sub_em", "string_match_all", "string_match_part")
 Bucket = tuple[str, int]  # ("num_docs", 50), ("length", 8192), or ("none", 0) when the record has neither
-_GLOB = re.compile(r"[*?\[]")
 _RULER_QA_DIR = re.compile(r"^qa_\d+")  # RULER writes {task}/validation.jsonl; our builder {task}_{length}.jsonl
 
 
@@ -73,21 +71,15 @@ def _bucket(sample: Sample) -> Bucket:
 
 
 def _expand(patterns: Sequence[str]) -> list[tuple[str, list[pathlib.Path]]]:
-    """(pattern, files) for each --data value; a missing file or an empty glob is an error."""
+    """(pattern, files) for each --data value; a missing file, a folder or an empty glob is an error."""
     out = []
     for pattern in patterns:
-        if _GLOB.search(pattern):
-            files = [pathlib.Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if os.path.isfile(p)]
-            if not files:
-                raise FileNotFoundError(f"--data {pattern!r} matches no file")
-        else:
-            path = pathlib.Path(pattern)
-            if path.is_dir():
-                raise ValueError(f"--data {pattern} is a folder: give a file or a glob such as '{path}/*.jsonl'")
-            if not path.is_file():
-                raise FileNotFoundError(f"no such data file: {pattern}")
-            files = [path]
-        out.append((pattern, files))
+        try:
+            out.append((pattern, data_files(pattern)))
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--data {err}") from None
+        except ValueError as err:
+            raise ValueError(f"--data {err}") from None
     return out
 
 

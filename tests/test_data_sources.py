@@ -82,7 +82,7 @@ def test_files_and_tasks_mix_by_weight(tmp_path, sp_tokenizer_dir):
 
 @pytest.mark.parametrize("entries, message", [
     (({"path": "/nonexistent/train.parquet"},), r"config.rl.sources\[0\]: no such data file: /nonexistent"),
-    (({"path": "/nonexistent/*.parquet"},), r"sources\[0\]: the glob '/nonexistent/\*.parquet' matches no file"),
+    (({"path": "/nonexistent/*.parquet"},), r"sources\[0\]: '/nonexistent/\*.parquet' matches no file"),
     (({"path": "x.parquet", "weigth": 2},), r"sources\[0\]: unknown key\(s\) \['weigth'\]"),
     (({"task": "niah_single", "lengths": (1024,), "weight": 0},), r"weight must be a positive number"),
     (({"task": "niah_sngle", "lengths": (1024,)},), r"unknown task 'niah_sngle'"),

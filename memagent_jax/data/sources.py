@@ -18,6 +18,7 @@ import bisect
 import dataclasses
 import glob
 import os
+import pathlib
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -32,7 +33,7 @@ from memagent_jax.data.records import FORMATS
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
 
-__all__ = ["FileSource", "SourceError", "SourceSpec", "build_sources", "parse_sources"]
+__all__ = ["FileSource", "SourceError", "SourceSpec", "build_sources", "data_files", "parse_sources"]
 
 _FILE_KEYS = {"path", "weight", "format", "on_error", "task"}
 _TASK_KEYS = {"task", "lengths", "weight"}
@@ -104,19 +105,34 @@ def parse_sources(entries: Sequence[Any], where: str) -> list[SourceSpec]:
     return specs
 
 
+def data_files(pattern: str) -> list[pathlib.Path]:
+    """The files a data path names: itself, or a glob's matches in name order (`**` recurses). A missing
+    file, a folder or a glob that matches nothing raises FileNotFoundError or ValueError saying so."""
+    expanded = os.path.expanduser(pattern)
+    if glob.has_magic(expanded):
+        files = [pathlib.Path(p) for p in sorted(glob.glob(expanded, recursive=True)) if os.path.isfile(p)]
+        if not files:
+            raise FileNotFoundError(f"{pattern!r} matches no file")
+        return files
+    path = pathlib.Path(expanded)
+    if path.is_dir():
+        raise ValueError(f"{pattern} is a folder: give a file or a glob such as '{path}/*.jsonl'")
+    if not path.is_file():
+        raise FileNotFoundError(f"no such data file: {pattern}")
+    return [path]
+
+
 class FileSource:
     """The files of one glob as one random-access source (records in file order, files in name order)."""
 
     def __init__(self, spec: SourceSpec, where: str):
-        pattern = os.path.expanduser(spec.path)
-        paths = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
-        if not paths:
-            raise SourceError(f"{where}: the glob {spec.path!r} matches no file")
+        try:
+            paths = data_files(spec.path)
+        except (OSError, ValueError) as err:
+            raise SourceError(f"{where}: {err}") from None
         self.spec, self.where = spec, where
         self.readers: list[RecordSource] = []
         for path in paths:
-            if not os.path.isfile(path):
-                raise SourceError(f"{where}: no such data file: {path}")
             try:
                 reader = open_source(path, spec.format, on_error=spec.on_error, task=spec.task or None)
             except (RecordError, ValueError) as err:
