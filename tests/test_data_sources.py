@@ -122,3 +122,25 @@ def test_wrong_schema_mixed_formats_and_bad_records(tmp_path):
     assert source.metrics()["data/skipped"] == 2
     mixture = MixtureSource([source, list(range(3))])
     assert mixture.metrics()["data/skipped"] == 2
+
+
+def test_a_file_mixture_resumes_from_the_iterator_state(tmp_path):
+    """The checkpointed Grain state of a pipeline over files continues with exactly the next batches."""
+    from memagent_jax.data.pipeline import make_pipeline
+
+    write_train_parquet(tmp_path / "train.parquet", 10)
+    [spec] = parse_sources(({"path": str(tmp_path / "train.parquet")},), "s")
+    source = MixtureSource([FileSource(spec, "s[0]"), list(range(100, 104))], [1, 1])
+
+    def pipeline():
+        return iter(make_pipeline(source, 4, seed=5, num_epochs=None, process_index=0, process_count=1))
+
+    ids = lambda batch: [s.meta["index"] if hasattr(s, "meta") else s for s in batch]  # noqa: E731
+    whole = pipeline()
+    expected = [ids(next(whole)) for _ in range(7)]
+    first = pipeline()
+    for _ in range(3):
+        next(first)
+    resumed = pipeline()
+    resumed.set_state(first.get_state())
+    assert [ids(next(resumed)) for _ in range(4)] == expected[3:]
