@@ -85,7 +85,8 @@ def retrieval_section(steps: int, tasks: Sequence[str] = ("niah_single",), lengt
     warm-up; pretrained checkpoints skip it (steps=0)."""
     return ml_collections.ConfigDict({
         "steps": steps, "batch_size": batch_size, "num_samples": 100_000, "tasks": tuple(tasks),
-        "lengths": tuple(int(n) for n in lengths), "sources": (), "row_len": row_len, "rows_per_micro": 8, "ppo_epochs": 1,
+        "lengths": tuple(int(n) for n in lengths), "sources": (), "row_len": row_len, "rows_per_micro": 8,
+        "ppo_epochs": 1,
         "boxed_answer": boxed_answer, "optimizer": optimizer_section(learning_rate, 20)})
 
 

@@ -80,7 +80,8 @@ class Progress:
     """One status line on stderr: samples done, document tokens read, tokens/s and an ETA.
 
     The ETA turns the characters still to read into tokens with the ratio seen so far (before the first
-    sample ends, the ratio measured on a piece of the first document). On a terminal the line redraws in place; in a log, a line every 30 s."""
+    sample ends, the ratio measured on a piece of the first document). On a terminal the line redraws in
+    place; in a log, a line every 30 s."""
 
     def __init__(self, stream: IO[str] | None = None, every_s: float | None = None):
         self.stream = stream or sys.stderr

@@ -112,7 +112,8 @@ def _main_files() -> None:
         out = pathlib.Path(_OUT.value) if _OUT.value else first / "eval_data"
         # Tokenizers load in a moment; the models wait until everything is checked.
         files, store = open_evaluation(_DATA.value, cfg, out, (load_tokenizer(c) for c in named.values()),
-                                       on_bad_record=_ON_BAD.value, metric=_METRIC.value, max_records=_MAX_RECORDS.value)
+                                       on_bad_record=_ON_BAD.value, metric=_METRIC.value,
+                                       max_records=_MAX_RECORDS.value)
         records = sum(len(f.keep) for f in files)
         skipped = sum(sum(f.skipped.values()) for f in files)
         print(f"evaluating {', '.join(named)} on {len(files)} file(s), {records} records ({skipped} skipped), "

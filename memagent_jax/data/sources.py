@@ -78,7 +78,8 @@ def parse_sources(entries: Sequence[Any], where: str) -> list[SourceSpec]:
         if "path" in entry:
             unknown = set(entry) - _FILE_KEYS
             if unknown:
-                raise SourceError(f"{here}: unknown key(s) {sorted(unknown)} for a file source; known: {sorted(_FILE_KEYS)}")
+                raise SourceError(f"{here}: unknown key(s) {sorted(unknown)} for a file source; "
+                                  f"known: {sorted(_FILE_KEYS)}")
             path, fmt, on_error = entry["path"], entry.get("format", "auto"), entry.get("on_error", "raise")
             if not isinstance(path, str) or not path:
                 raise SourceError(f"{here}: path must be a non-empty string (a file or a glob)")
@@ -91,7 +92,8 @@ def parse_sources(entries: Sequence[Any], where: str) -> list[SourceSpec]:
         elif "task" in entry:
             unknown = set(entry) - _TASK_KEYS
             if unknown:
-                raise SourceError(f"{here}: unknown key(s) {sorted(unknown)} for a task source; known: {sorted(_TASK_KEYS)}")
+                raise SourceError(f"{here}: unknown key(s) {sorted(unknown)} for a task source; "
+                                  f"known: {sorted(_TASK_KEYS)}")
             task, lengths = entry["task"], entry.get("lengths", ())
             if task not in TASKS:
                 raise SourceError(f"{here}: unknown task {task!r}; known: {sorted(TASKS)}")

@@ -19,8 +19,9 @@ STATE_DTYPES = ("float32", "bfloat16")
 
 
 def cast_floating(tree: Any, dtype: Any, copy: bool = False) -> Any:
-    """Every floating-point leaf (array or ShapeDtypeStruct) cast to `dtype`; others kept. A leaf already in `dtype` is returned as it
-    is, or copied with copy=True (for a copy that must outlive buffers the trainer donates)."""
+    """Every floating-point leaf (array or ShapeDtypeStruct) cast to `dtype`; others kept. A leaf already in
+    `dtype` is returned as it is, or copied with copy=True (for a copy that must outlive buffers the trainer
+    donates)."""
     dtype = jnp.dtype(dtype)
 
     def cast(x: Any) -> Any:
