@@ -29,6 +29,8 @@ INSTALL_REQUIRES = [
     "pyarrow==26.0.1",
     # matplotlib: evaluation.plot_accuracy draws the accuracy-by-length PNG (Agg, headless).
     "matplotlib==3.11.2",
+    # wonderwords (MIT): the English adjective and noun lists RULER draws its needle keys from.
+    "wonderwords==3.0.1",
 ]
 
 TEST_REQUIRES = [

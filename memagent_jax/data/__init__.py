@@ -2,7 +2,8 @@
 
 Modules (import them directly; this package imports nothing so `import memagent_jax.data` stays cheap):
   document   Sample, Document (lazy, piece-wise; iter_text / iter_tokens), TextDocument, Span
-  tasks      make_task(name, tokenizer, target_tokens): RULER-style presets (niah_*, vt*, multihop_qa)
+  tasks      make_task(name, tokenizer, target_tokens, key_split=): RULER's task definitions (niah_*, vt*) and
+             multihop_qa; keys from a training or an evaluation half of RULER's vocabulary (words)
   niah, vt, multihop   the generators; synthetic: base class, SyntheticSource (Grain source)
   haystack, length     lazy haystack documents; token-length planning (exact or calibrated)
   readers, parquet     JSONL / JSON-array / Parquet sources of MemAgent and RULER records
@@ -14,5 +15,7 @@ Modules (import them directly; this package imports nothing so `import memagent_
   sources, mixture     a phase's config.<phase>.sources: file globs and synthetic tasks mixed by weight
   pipeline   make_pipeline: shuffle -> per-process shard -> tokenize -> batch -> prefetch (checkpointable)
   export     command line: write synthetic tasks in MemAgent's training/evaluation format
-  errors     RecordError, skip accounting; corpus, words, testing: text and tokenizers for tests
+  words      RULER's adjective and noun lists (wonderwords), split by word between training and evaluation
+  task_corpus   tokenizer training text (every training word, the tasks' lines, the agent's templates)
+  errors     RecordError, skip accounting; corpus, testing: text and tokenizers for tests
 """

@@ -13,6 +13,7 @@ import numpy as np
 
 from memagent_jax.data.document import Sample, TextTokenizer
 from memagent_jax.data.length import LengthPlanner
+from memagent_jax.data.words import key_space
 
 __all__ = ["MAX_TARGET_TOKENS", "SyntheticSource", "SyntheticTask", "stable_id"]
 
@@ -28,7 +29,9 @@ class SyntheticTask(abc.ABC):
     """Generates sample ``index`` of a task with documents of about ``target_tokens`` tokens.
 
     ``tokenizer`` measures lengths (see length.py); ``exact_limit`` is the length up to which varying
-    haystack units are counted one by one rather than by a calibrated mean.
+    haystack units are counted one by one rather than by a calibrated mean. ``key_split`` picks the needle
+    keys' half of the vocabulary (data/words.py): "train" for training data, "eval" for evaluations, "all"
+    for RULER's whole space; tasks without vocabulary keys ignore it.
     """
 
     answer_mode: str = "all"
@@ -41,11 +44,14 @@ class SyntheticTask(abc.ABC):
         seed: int = 0,
         name: str | None = None,
         exact_limit: int = 131_072,
+        key_split: str = "train",
     ):
         if not 0 < target_tokens <= MAX_TARGET_TOKENS:
             raise ValueError(f"target_tokens must be in (0, {MAX_TARGET_TOKENS}], got {target_tokens}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        key_space(key_split)  # a bad split name fails here, not at the first sample
+        self.key_split = key_split
         self.tokenizer = tokenizer
         self.target_tokens = int(target_tokens)
         self.seed = int(seed)
@@ -68,7 +74,8 @@ class SyntheticTask(abc.ABC):
         return np.random.default_rng([self.seed, self.task_id, index, *stream])
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, target_tokens={self.target_tokens}, seed={self.seed})"
+        return (f"{type(self).__name__}(name={self.name!r}, target_tokens={self.target_tokens}, seed={self.seed}, "
+                f"key_split={self.key_split!r})")
 
 
 class SyntheticSource:

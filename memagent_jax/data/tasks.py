@@ -15,19 +15,25 @@ from memagent_jax.data.vt import VariableTrackingTask
 __all__ = ["TASKS", "make_task"]
 
 TASKS: dict[str, Callable[..., SyntheticTask]] = {
-    # Noise haystack (the repeated filler line).
+    # RULER's niah_single_1: one needle in the noise haystack (the repeated filler line).
     "niah_single": functools.partial(NeedleTask),
-    "niah_multikey": functools.partial(NeedleTask, num_keys=4),
+    # RULER's niah_multikey_2: one needle in a haystack of distractor needles with other keys.
+    "niah_multikey": functools.partial(NeedleTask, haystack="needle"),
+    # RULER's niah_multikey_3: the same with UUID keys and values.
+    "niah_multikey_uuids": functools.partial(NeedleTask, haystack="needle", key_kind="uuids", value_kind="uuids"),
+    # RULER's niah_multikey_1, niah_multivalue and niah_multiquery, on the noise haystack (RULER puts them in
+    # Paul Graham's essays, which we cannot ship): 4 keys with 1 asked, 4 values of one key, 4 keys all asked.
+    "niah_multikey_noise": functools.partial(NeedleTask, num_keys=4),
     "niah_multivalue": functools.partial(NeedleTask, num_values=4),
     "niah_multiquery": functools.partial(NeedleTask, num_keys=4, num_queries=4),
-    # Distractor-needle haystack: every filler line is a needle with another key.
-    "niah_single_needles": functools.partial(NeedleTask, haystack="needle"),
+    # Harder variant: 4 keys, 1 asked, in a haystack of distractor needles.
     "niah_multikey_needles": functools.partial(NeedleTask, num_keys=4, haystack="needle"),
-    "niah_multikey_uuids": functools.partial(NeedleTask, num_keys=4, haystack="needle", value_kind="uuids"),
     "niah_single_words": functools.partial(NeedleTask, value_kind="words"),
     # Toy: one needle whose value is a single digit (RL from a weak policy gets a 10% chance signal).
     "niah_single_digit": functools.partial(NeedleTask, value_kind="digits"),
+    # RULER's vt: 1 chain of 4 hops after a worked example; vt_plain leaves the example out (short documents).
     "vt": functools.partial(VariableTrackingTask),
+    "vt_plain": functools.partial(VariableTrackingTask, one_shot_tokens=0),
     "vt_distractors": functools.partial(VariableTrackingTask, num_chains=2),
     "multihop_qa": functools.partial(MultiHopTask),
     # Toy for learning tests: a repeated "The code is D." line, asked for D.

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from memagent_jax.data.corpus import tokenizer_corpus
-from memagent_jax.data.words import key_by_number, num_keys
+from memagent_jax.data.words import key_space
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
 
 __all__ = ["hotpotqa_questions", "squad_dataset", "tiny_bpe_tokenizer", "tiny_sp_tokenizer"]
@@ -60,7 +60,7 @@ def tiny_bpe_tokenizer(out_dir: str | pathlib.Path, vocab_size: int = 600) -> To
 
 
 def _sentence(rng: np.random.Generator, subject: str) -> str:
-    words = [key_by_number(int(k)) for k in rng.integers(0, num_keys(), int(rng.integers(2, 7)))]
+    words = key_space("all").keys(rng, int(rng.integers(2, 7)), distinct=False)
     return f"The {subject} is close to the {' and the '.join(words)}."
 
 

@@ -1,69 +1,81 @@
-"""Word lists and name makers for the synthetic tasks (our own lists; no external word source).
+"""Word lists for the synthetic tasks: RULER's needle keys, split between training and evaluation.
 
-Keys are adjective-noun pairs as in RULER (``jittery-hospital``). Needle *values* of kind "words" come
-from a separate list, so a value never occurs inside a key and cannot be guessed from the question.
+RULER draws needle keys as adjective-noun pairs (``jittery-hospital``) from the adjective and noun lists of
+the ``wonderwords`` package (912 adjectives, 6,782 nouns), and needle values of kind "words" from the same
+pairs. We read the same lists, then split each list by a fixed hash of the word: about one word in ten is an
+evaluation word. Training keys pair two training words, evaluation keys two evaluation words, so a key asked
+in an evaluation was never a key in training and neither of its words was ever part of one: every
+evaluation measures matching an unseen key, as a sample from RULER's own generator would.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import importlib.resources
 import string
+import zlib
 
 import numpy as np
 
-from memagent_jax.data.corpus import _ADJECTIVES, _NOUNS
+__all__ = ["ADJECTIVES", "KEY_SPLITS", "NOUNS", "KeySpace", "UPPER", "key_space", "made_up_word", "word_split"]
 
-ADJECTIVES: tuple[str, ...] = _ADJECTIVES + tuple(
-    """
-    ancient angry arctic autumn bitter blazing brisk broken candid cheerful chilly clever cloudy
-    cosmic crimson curious daring dusty elegant empty faint fancy fearless fierce fragile frozen
-    giant glossy golden graceful grumpy hollow humble hungry icy jolly keen lazy lively lonely
-    lucky mellow merry misty modest narrow nervous noble odd pale patient polite proud rare restless
-    rough rusty shiny shy sleepy smooth sour spicy steady sticky stormy sturdy sunny swift tender
-    tidy tiny vivid wild windy wise witty young zealous
-    """.split()
-)
-NOUNS: tuple[str, ...] = _NOUNS + tuple(
-    """
-    anchor apple arrow badge balcony bakery basket beacon bicycle blanket bridge bucket cabin camera
-    candle canyon carpet cellar chapel cherry circus cliff compass cottage crystal curtain desert
-    dragon drum falcon fountain galaxy glacier guitar hammer helmet island jacket kettle ladder
-    lantern library lighthouse magnet meadow museum needle orchard palace parrot pencil pepper
-    pillow planet pocket pyramid quarry rabbit ribbon rocket saddle satellite scarf shelter shovel
-    signal spider statue stream summit teapot temple theater thunder ticket tower tunnel valley
-    violin volcano wagon whistle
-    """.split()
-)
-# Values of kind "words": no overlap with ADJECTIVES or NOUNS.
-VALUE_WORDS: tuple[str, ...] = tuple(
-    """
-    absorb adjust admire anchovy apricot arrange avocado bamboo banjo barley basil biscuit blossom
-    borrow breeze broccoli butter cactus caramel carrot cashew celery chase cinnamon clarinet clover
-    coconut collect cricket cucumber dandelion deliver donkey eggplant embrace explore fennel fig
-    flamingo flute gather ginger giraffe gorilla grape harmony hazelnut hedgehog honey iguana imagine
-    jasmine juggle kangaroo kiwi koala lemon lettuce lobster mango maple marble melon mint mushroom
-    nectar nutmeg oatmeal octopus olive onion oyster panda papaya peanut pelican penguin pistachio
-    plum pretzel pumpkin quartz radish raisin raspberry saffron salmon sesame spinach squirrel
-    strawberry tangerine thistle tomato tulip turnip vanilla walnut walrus wander yogurt zebra
-    """.split()
-)
-assert not set(VALUE_WORDS) & (set(ADJECTIVES) | set(NOUNS)), "value words must not occur in keys"
+KEY_SPLITS = ("train", "eval", "all")
+_EVAL_SHARE = 10  # one word in this many is an evaluation word
+
+
+def _word_list(file_name: str) -> tuple[str, ...]:
+    text = importlib.resources.files("wonderwords.assets").joinpath(file_name).read_text(encoding="utf-8")
+    return tuple(sorted({line.strip() for line in text.splitlines() if line.strip()}))
+
+
+ADJECTIVES: tuple[str, ...] = _word_list("adjectivelist.txt")
+NOUNS: tuple[str, ...] = _word_list("nounlist.txt")
+VERBS: tuple[str, ...] = _word_list("verblist.txt")
+
+
+def word_split(word: str) -> str:
+    """"eval" for about one word in ten (fixed by a CRC of the word, the same in every process), else "train"."""
+    return "eval" if zlib.crc32(word.encode("utf-8")) % _EVAL_SHARE == 0 else "train"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeySpace:
+    """The adjective-noun keys of one split, numbered 0 .. size-1."""
+
+    split: str
+    adjectives: tuple[str, ...]
+    nouns: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.adjectives) * len(self.nouns)
+
+    def key(self, number: int) -> str:
+        adjective, noun = divmod(int(number) % self.size, len(self.nouns))
+        return f"{self.adjectives[adjective]}-{self.nouns[noun]}"
+
+    def keys(self, rng: np.random.Generator, n: int, distinct: bool = True) -> list[str]:
+        """``n`` random keys (distinct unless ``distinct`` is False)."""
+        numbers = rng.choice(self.size, size=n, replace=False) if distinct else rng.integers(0, self.size, n)
+        return [self.key(int(k)) for k in numbers]
+
+
+@functools.cache
+def key_space(split: str) -> KeySpace:
+    """Keys of ``split``: "train" (both words training words), "eval" (both evaluation words) or "all"
+    (RULER's whole space)."""
+    if split not in KEY_SPLITS:
+        raise ValueError(f"key split must be one of {KEY_SPLITS}, got {split!r}")
+    if split == "all":
+        return KeySpace(split, ADJECTIVES, NOUNS)
+    return KeySpace(split, tuple(a for a in ADJECTIVES if word_split(a) == split),
+                    tuple(n for n in NOUNS if word_split(n) == split))
+
 
 _CONSONANTS = "bcdfghklmnprstvz"
 _VOWELS = "aeiou"
 UPPER = np.array(list(string.ascii_uppercase))
-
-
-def key_from_ints(a: int, n: int) -> str:
-    """The adjective-noun key number (a, n), indices taken modulo the list sizes."""
-    return f"{ADJECTIVES[a % len(ADJECTIVES)]}-{NOUNS[n % len(NOUNS)]}"
-
-
-def num_keys() -> int:
-    return len(ADJECTIVES) * len(NOUNS)
-
-
-def key_by_number(k: int) -> str:
-    return key_from_ints(k // len(NOUNS), k % len(NOUNS))
 
 
 def made_up_word(ints: "np.ndarray", capitalize: bool = True) -> str:
