@@ -1,9 +1,11 @@
-"""Tokenizer training text that covers everything a synthetic run feeds its model.
+"""Tokenizer training text: English words in the synthetic tasks' sentences, and the agent's templates.
 
-A tokenizer trained on this text gives every key word, template word and memory phrase of the synthetic
-tasks a piece of its own, so a needle key costs ~3 tokens instead of ~10 letters. That matters for tiny
-models trained from scratch: every token of a key or a value has to be copied by attention, chunk to memory
-to memory to answer, and the memory agent's prompts get shorter (cheaper steps).
+The text names every training-split adjective, noun and verb of RULER's lists (data/words.py, some 7,700
+words) inside the tasks' needles, questions and assignments, then mixes the tasks' lines and the agent's
+templates. A byte-pair tokenizer trained on it learns English sub-words rather than a few whole key words,
+so a word it never saw (every evaluation-split word is left out on purpose) still costs a few pieces,
+not ten letters, and template phrases stay short: both matter for a tiny model that must copy every piece
+of a key from question to memory to answer.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Iterator
 
 from memagent_jax.agent.prompts import EMPTY_MEMORY, FINAL_ANSWER_TEMPLATE, INITIAL_MEMORY, MEMORY_UPDATE_TEMPLATE
 from memagent_jax.data.corpus import FILLER
-from memagent_jax.data.words import ADJECTIVES, NOUNS, VALUE_WORDS
+from memagent_jax.data.niah import join_keys, needle_head, needle_line
+from memagent_jax.data.vt import VT_HEAD, vt_question
+from memagent_jax.data.words import ADJECTIVES, NOUNS, VERBS, key_space, word_split
 
 _LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
@@ -24,49 +28,64 @@ def _template_lines() -> list[str]:
 
 
 def _key(rng: random.Random) -> str:
-    return f"{rng.choice(ADJECTIVES)}-{rng.choice(NOUNS)}"
+    space = key_space("train")
+    return space.key(rng.randrange(space.size))
 
 
-def _variable(rng: random.Random) -> str:
-    return "".join(rng.choice(_LETTERS) for _ in range(5))
+def _variable(rng: random.Random, letters: int = 5) -> str:
+    return "".join(rng.choice(_LETTERS) for _ in range(letters))
+
+
+def _number(rng: random.Random) -> str:
+    return str(rng.randrange(1_000_000, 10_000_000))
 
 
 def _line(kind: int, rng: random.Random) -> str:
-    key, number = _key(rng), str(rng.randrange(1_000_000, 10_000_000))
-    word = rng.choice(VALUE_WORDS)
     if kind == 0:
         return FILLER
     if kind == 1:
-        return f"One of the special magic numbers for {key} is: {number}."
+        return needle_line("numbers", _key(rng), _number(rng))
     if kind == 2:
-        return f"One of the special magic words for {key} is: {word}."
+        return needle_line("words", _key(rng), _key(rng))
     if kind == 3:
-        return f"What is the special magic number for {key} mentioned in the provided text?"
+        keys = [_key(rng) for _ in range(rng.choice([1, 1, 2, 4]))]
+        if len(keys) == 1:
+            return f"What is the special magic number for {keys[0]} mentioned in the provided text?"
+        return f"What are all the special magic numbers for {join_keys(keys)} mentioned in the provided text?"
     if kind == 4:
-        return f"What is the special magic word for {key} mentioned in the provided text?"
+        return needle_head(rng.choice(["numbers", "words"]), rng.random() < 0.5)
     if kind == 5:
         value = rng.randrange(10_000, 100_000)
-        return f"VAR {_variable(rng)} = {value}\nVAR {_variable(rng)} = VAR {_variable(rng)}"
+        return f"VAR {_variable(rng)} = {value}\nVAR {_variable(rng)} = VAR {_variable(rng)} "
     if kind == 6:
-        return f"Find all variables that are assigned the value {rng.randrange(10_000, 100_000)} in the text above."
+        return rng.choice([VT_HEAD, "Question: " + vt_question(str(rng.randrange(10_000, 100_000)))])
     if kind == 7:
         names = ", ".join(_variable(rng) for _ in range(rng.randrange(1, 6)))
-        return f"\\boxed{{{rng.choice([number, word, names])}}}"
+        return f"\\boxed{{{rng.choice([_number(rng), _key(rng), names])}}}"
     if kind == 8:
         return rng.choice([EMPTY_MEMORY, INITIAL_MEMORY, "Updated memory:", "Your answer:"])
     return rng.choice(_template_lines())
 
 
+def _cover_lines(rng: random.Random) -> Iterator[str]:
+    """Every training-split word at least once, two nouns and two adjectives (or verbs) per line."""
+    adjectives = [a for a in ADJECTIVES if word_split(a) == "train"]
+    nouns = [n for n in NOUNS if word_split(n) == "train"]
+    verbs = [v for v in VERBS if word_split(v) == "train"]
+    for i in range(0, len(nouns), 2):
+        a, b = adjectives[i % len(adjectives)], adjectives[(i + 1) % len(adjectives)]
+        yield needle_line("words", f"{a}-{nouns[i]}", f"{b}-{nouns[(i + 1) % len(nouns)]}")
+    for i in range(0, len(verbs), 2):
+        yield f"The {rng.choice(nouns)} will {verbs[i]} and {verbs[(i + 1) % len(verbs)]} the {rng.choice(nouns)}."
+
+
 def task_corpus(num_lines: int, seed: int = 0) -> Iterator[str]:
-    """`num_lines` lines (some hold two) of the synthetic tasks' documents, questions, answers and the agent's
-    templates, deterministic in `seed`. The first ~200 lines name every adjective and noun of the keys, so
-    a corpus of at least that many lines leaves no key word to be spelled out in letters."""
+    """The word-cover lines (about 3,600), then `num_lines` lines (some hold two) of the synthetic tasks'
+    documents, questions, answers and the agent's templates, deterministic in `seed`. No evaluation-split
+    word occurs."""
     if num_lines < 0:
         raise ValueError(f"num_lines must be >= 0, got {num_lines}")
     rng = random.Random(seed)
-    words = [f"One of the special magic numbers for {a}-{n} is: {rng.randrange(1_000_000, 10_000_000)}."
-             for a, n in zip(ADJECTIVES, NOUNS * (len(ADJECTIVES) // len(NOUNS) + 1))]
-    words += [f"What is the special magic number for {rng.choice(ADJECTIVES)}-{n} mentioned in the provided text?"
-              for n in NOUNS]
+    yield from _cover_lines(rng)
     for i in range(num_lines):
-        yield words[i] if i < len(words) else _line(i % 10, rng)
+        yield _line(i % 10, rng)
