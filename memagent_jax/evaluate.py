@@ -29,6 +29,7 @@ from memagent_jax.eval_files import SAMPLING, FileEvalConfig, Progress, evaluate
 from memagent_jax.eval_report import format_file_table, summarize, write_file_results
 from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig, evaluate_checkpoints, format_table, length_label, \
     parse_checkpoints, parse_lengths, write_results
+from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.tokenizer import load_tokenizer
 
 _DEFAULTS = EvalConfig()
@@ -49,6 +50,8 @@ _BOUNDARY = flags.DEFINE_enum("chunk_boundary", _DEFAULTS.chunk_boundary, list(C
 _BATCH = flags.DEFINE_integer("batch", _DEFAULTS.batch, "Documents run at once.")
 _SEED = flags.DEFINE_integer("seed", _DEFAULTS.seed, "Held-out task seed (not training's seed*1000 + 1 or + 2); "
                               "with --data, the sampling seed.")
+_KEYS = flags.DEFINE_enum("key_split", _DEFAULTS.key_split, list(KEY_SPLITS), "Needle keys of the synthetic tasks: "
+                          "eval (words never in a training key), train, or all (RULER's whole vocabulary).")
 _DATA = flags.DEFINE_multi_string("data", [], "Evaluation file or glob (repeatable): MemAgent evaluation JSON/JSONL, "
                                   "MemAgent training JSONL/Parquet or RULER JSONL, one format per glob.")
 _SAMPLING = flags.DEFINE_enum("sampling", "greedy", sorted(SAMPLING), "With --data: greedy (one answer), or paper "
@@ -60,7 +63,7 @@ _METRIC = flags.DEFINE_enum("metric", "auto", ["auto", *METRICS], "With --data: 
                             "string_match_all for RULER synthetic tasks, string_match_part for RULER qa, else sub_em.")
 _MAX_RECORDS = flags.DEFINE_integer("max_records", 0, "With --data: evaluate only the first N good records of each "
                                     "file (0: all).")
-_SYNTHETIC_ONLY = (_LENGTHS, _LONG, _TASKS, _SAMPLES)
+_SYNTHETIC_ONLY = (_LENGTHS, _LONG, _TASKS, _SAMPLES, _KEYS)
 
 
 def _progress(name: str, cell: dict) -> None:
@@ -89,7 +92,8 @@ def main(argv: list[str]) -> None:
         sizes = {flag.name: (flag.value if flag.present else saved.get(flag.name, flag.value))
                  for flag in (_CHUNK, _MEMORY, _ANSWER, _QUESTION, _BOUNDARY)}
         cfg = EvalConfig(tasks=tasks, lengths=parse_lengths(_LENGTHS.value, _LONG.value),
-                         samples_per_cell=_SAMPLES.value, seed=_SEED.value, batch=_BATCH.value, **sizes)
+                         samples_per_cell=_SAMPLES.value, seed=_SEED.value, batch=_BATCH.value,
+                         key_split=_KEYS.value, **sizes)
         out = pathlib.Path(_OUT.value) if _OUT.value else next(iter(named.values())) / "eval"
         print(f"evaluating {', '.join(named)} on {', '.join(cfg.tasks)} at "
               f"{', '.join(map(length_label, cfg.lengths))} tokens, {cfg.samples_per_cell} samples each", flush=True)

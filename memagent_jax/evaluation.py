@@ -32,6 +32,7 @@ from memagent_jax.agent.verify import boxed_reward, extract_answer, extract_last
 from memagent_jax.data.document import Sample
 from memagent_jax.data.synthetic import MAX_TARGET_TOKENS, SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
+from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
 from memagent_jax.model.config import ModelConfig
@@ -55,6 +56,8 @@ class EvalConfig:
     samples_per_cell: int = 16  # samples per (task, length)
     # Task-generator seed; 7 = training seed 0 * 1000 + 7, never one of training's generator seeds.
     seed: int = 7
+    # Needle keys from the evaluation half of the vocabulary (data/words.py): never a training key.
+    key_split: str = "eval"
     # Agent sizes: the quickstart config's, i.e. what the project's models are trained with.
     chunk_size: int = 256
     max_memory_tokens: int = 96
@@ -82,6 +85,8 @@ class EvalConfig:
                      "max_question_tokens", "batch"):
             if getattr(self, name) < 1:
                 errors.append(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.key_split not in KEY_SPLITS:
+            errors.append(f"key_split must be one of {KEY_SPLITS}, got {self.key_split!r}")
         if self.chunk_boundary not in CHUNK_BOUNDARIES:
             errors.append(f"chunk_boundary must be one of {CHUNK_BOUNDARIES}, got {self.chunk_boundary!r}")
         if self.seed < 0 or self.seed % 1000 in TRAINING_SEED_OFFSETS:
@@ -276,7 +281,7 @@ def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
     cells = []
     for task_name in cfg.tasks:
         for length in cfg.lengths:
-            task = make_task(task_name, tokenizer, length, seed=cfg.seed)
+            task = make_task(task_name, tokenizer, length, seed=cfg.seed, key_split=cfg.key_split)
             source = SyntheticSource(task, cfg.samples_per_cell)
             counter = _Counted()
             parts, chunk_counts = [], []

@@ -127,6 +127,8 @@ def test_config_and_flag_checks(checkpoint):
         EvalConfig(tasks=("niah_single", "nope"))
     with pytest.raises(ValueError, match="chunk_boundary must be one of"):
         EvalConfig(chunk_boundary="page")
+    with pytest.raises(ValueError, match="key_split must be one of"):
+        EvalConfig(key_split="test")
     assert parse_lengths("1024, 4K,1024", long=True) == (1024, 4096, 262144, 1048576)
     with pytest.raises(ValueError, match="'abc' is not a positive number"):
         parse_lengths("1024,abc")
