@@ -30,6 +30,9 @@
 #   --venv DIR        the Python environment RULER runs in (default /tmp/ruler-venv; made on first use with
 #                     the packages below, from PyPI). PYTHON picks the interpreter that creates it.
 #
+# RULER retries a sample forever when the task's smallest prompt does not fit the length: vt below 1024 tokens
+# is refused here for that reason, and qa_1 did not finish at 1024 tokens with the quickstart's tokenizer.
+#
 # RULER's prepare.py keeps a file that already has --samples rows (and prints that it skipped it), so a rerun
 # only makes what is missing; delete a file to remake it with other options. Errors in RULER's task scripts
 # are only printed by prepare.py: this script checks each file's row count instead and shows RULER's log.
@@ -85,6 +88,11 @@ read -r -a TASK_LIST <<< "$TASKS"
 for length in "${LENGTH_LIST[@]}"; do
   # RULER's binary search needs room for the template and the tokens to generate.
   [[ "$length" =~ ^[0-9]+$ && "$length" -ge 256 ]] || die "--lengths: '$length' is not a whole number of tokens >= 256"
+  # vt's prompt carries a one-shot example of up to 500 tokens; RULER retries forever when the smallest
+  # prompt does not fit, so refuse the lengths where it cannot.
+  if [[ " ${TASK_LIST[*]} " == *" vt "* && "$length" -lt 1024 ]]; then
+    die "--lengths: vt needs at least 1024 tokens (its one-shot example alone takes up to 500), got $length"
+  fi
 done
 case "$HAYSTACK" in ""|noise|needle) ;; *) die "--haystack must be noise or needle, got '$HAYSTACK'" ;; esac
 for file in ${JSON_FILES[@]+"${JSON_FILES[@]}"}; do
@@ -98,6 +106,8 @@ done
 
 WORK="$(mktemp -d -t make-ruler-XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
+trap 'exit 130' INT  # a signal exits through the EXIT trap too
+trap 'exit 143' TERM
 
 # ---- RULER's scripts, copied into WORK: the task table may be edited there (--haystack) and data files
 # placed there (--json) without touching the checkout they came from.
@@ -197,8 +207,10 @@ fi
 
 # ---- RULER's generator, one (length, task) at a time.
 mkdir -p "$OUT"
-printf 'RULER: %s\ntokenizer: %s\ntemplate: %s\nhaystack override: %s\nseed: %s\n' \
-  "$SOURCE" "$TOKENIZER" "$TEMPLATE" "${HAYSTACK:-none}" "$SEED" > "$OUT/ruler_source.txt"
+# Where the files came from, one block per run (a rerun into the same --out adds to what is there).
+printf 'lengths: %s\ntasks: %s\nRULER: %s\ntokenizer: %s\ntemplate: %s\nhaystack override: %s\nseed: %s\n\n' \
+  "${LENGTH_LIST[*]}" "${TASK_LIST[*]}" "$SOURCE" "$TOKENIZER" "$TEMPLATE" "${HAYSTACK:-none}" "$SEED" \
+  >> "$OUT/ruler_source.txt"
 for length in "${LENGTH_LIST[@]}"; do
   for task in "${TASK_LIST[@]}"; do
     file="$OUT/$length/$task/validation.jsonl"
