@@ -43,7 +43,7 @@ class EvalFile:
     """One data file: its reader, the records that pass the checks, and what they are scored with."""
 
     path: pathlib.Path
-    task: str | None  # RULER's task folder (niah_single_1, vt, ...) for files in RULER's layout, else None
+    task: str | None  # RULER's task folder (niah_single_1, vt, ...) for RULER files in its layout, else None
     fmt: str  # memagent_eval | memagent_train | ruler
     metric: str  # the headline metric, one of METRICS
     source: RecordSource
@@ -82,6 +82,8 @@ def ruler_layout(path: pathlib.Path) -> tuple[str | None, int | None]:
     if path.name not in _RULER_SUBSETS:
         return None, None
     above = path.parent.parents  # {length}/{task}/validation.jsonl or {length}/data/{task}/validation.jsonl
+    if not above:  # a file at the file system's root has no task folder
+        return None, None
     for folder in [above[0], *(above[1:2] if above[0].name == "data" else [])]:
         if folder.name.isdigit() and int(folder.name) > 0:
             return path.parent.name, int(folder.name)
@@ -135,13 +137,14 @@ def _open(path: pathlib.Path, on_bad_record: OnError, metric: str, max_records: 
         chars.append(len(sample.document.text()))
         length = sample.meta.get("length")
         # RULER's rows fit their max_seq_length; one over it means the folder's number is something else.
-        in_folder = record_fmt == "ruler" and max_length and (not isinstance(length, int) or length <= max_length)
+        in_folder = record_fmt == "ruler" and max_length is not None and (not isinstance(length, int)
+                                                                          or length <= max_length)
         buckets.append(("length", max_length) if in_folder else _bucket(sample))
         questions.append(sample.question)
     if first is None and not source.skipped:
         raise ValueError(f"{path}: the file holds no records")
     if first is None:  # every record skipped: the file stays, with its skip counts and no samples
-        return EvalFile(path, task, "unknown", metric if metric != "auto" else "sub_em", source, [], [], [], [])
+        return EvalFile(path, None, "unknown", metric if metric != "auto" else "sub_em", source, [], [], [], [])
     headline = metric if metric != "auto" else _headline(fmt, first, path)
     return EvalFile(path, task if fmt == "ruler" else None, fmt, headline, source, keep, chars, buckets, questions)
 
