@@ -225,7 +225,8 @@ class TrainingRun:
             boxed = bool(self.config.retrieval.get("boxed_answer", False))  # configs from before the option
             return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed)])
         if phase == "sft":
-            trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size)
+            trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size,
+                                 self.config.sft.get("quiet_updates", 0))
             return lambda step, seed: trainer.step(next(data))
         trainer = GRPOTrainer(policy, self.agent, self.settings.rl, send_weights=self.rollout_layout.send)
         trainer.sync_weights()  # rollouts of the first step use the policy's (post-SFT) weights

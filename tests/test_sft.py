@@ -70,6 +70,26 @@ def test_oracle_sequences_use_the_agent_prompts_and_end_the_turn(tokenizer, task
         assert span.text in tokenizer.decode(memory)
 
 
+def test_quiet_updates_keep_every_evidence_update_and_the_answer(tokenizer):
+    agent = AgentConfig(chunk_size=64, max_memory_tokens=128, max_answer_tokens=64, max_question_tokens=64)
+    prompts = AgentPrompts.build(tokenizer)
+    item = Tokenize(tokenizer, 64, 10_000).map(make_task("niah_multivalue", tokenizer, 3000).sample(2))
+    every = oracle_sequences(item, tokenizer, prompts, agent)
+    kept = oracle_sequences(item, tokenizer, prompts, agent, quiet_updates=3)
+    assert kept == oracle_sequences(item, tokenizer, prompts, agent, quiet_updates=3)  # fixed per sample
+
+    def memory_in(seq):  # the memory a conversation reads and the one it writes
+        text = tokenizer.decode(seq.tokens[: seq.prompt_len])
+        return text[text.index("<memory>"):text.index("</memory>")], tokenizer.decode(seq.tokens[seq.prompt_len:-1])
+
+    changes = [s for s in every[:-1] if memory_in(s)[1] not in memory_in(s)[0] and memory_in(s)[1] != EMPTY_MEMORY]
+    assert len(changes) == 4  # the four needles, each found in its own chunk of this document
+    assert len(kept) == len(changes) + 3 + 1 < len(every)
+    assert all(s in kept for s in changes) and kept[-1] == every[-1]
+    assert [every.index(s) for s in kept] == sorted(every.index(s) for s in kept)  # reading order
+    assert oracle_sequences(item, tokenizer, prompts, agent, quiet_updates=100) == every
+
+
 def test_end_of_turn_is_the_chat_marker(tokenizer):
     assert tokenizer.decode([end_of_turn_id(tokenizer)], skip_special=False) == "<|im_end|>"
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from memagent_jax.agent.chunks import iter_rechunked
 from memagent_jax.agent.memory_agent import AgentConfig
 from memagent_jax.agent.prompts import EMPTY_MEMORY, AgentPrompts
 from memagent_jax.data.pipeline import AgentSample
+from memagent_jax.data.synthetic import stable_id
 from memagent_jax.rl.packing import TrainSequence
 from memagent_jax.tokenizer import Tokenizer
 
@@ -57,8 +60,15 @@ def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], token
 
 
 def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentPrompts,
-                     agent: AgentConfig) -> list[TrainSequence]:
-    """The SFT conversations of one sample: a memory update per chunk, then the final answer."""
+                     agent: AgentConfig, quiet_updates: int = 0) -> list[TrainSequence]:
+    """The SFT conversations of one sample: a memory update per chunk, then the final answer.
+
+    `quiet_updates` > 0 keeps every update that changes the memory, the final answer, and only that many of
+    the updates that leave the memory as it was (chosen at random, fixed per sample). A long document then
+    costs about what a short one does, yet teaches what only long documents show: whole chunks of haystack
+    both before the evidence (the memory stays empty) and after it (the memory is kept). Trained on short
+    documents alone, the tiny model learned that a full chunk of filler means an empty memory, and wiped
+    memories it had found at 4K tokens and beyond (BENCHMARKS.md "RULER's task definitions")."""
     sample = item.sample
     spans = [span.text for span in sample.document.spans]
     if not spans:
@@ -72,16 +82,22 @@ def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentProm
     # Cut as the agent cuts (the pipeline's chunks are plain chunk_size cuts), so SFT sees the rollouts' chunks.
     chunks = list(iter_rechunked(([int(t) for t in c] for c in item.iter_chunks(tokenizer)), agent.chunk_size,
                                  agent.line_ends(tokenizer)))
-    sequences = []
-    memory = list(prompts.initial_memory)
+    sequences, quiet = [], []  # quiet: updates that find no new evidence
+    memory, previous = list(prompts.initial_memory), EMPTY_MEMORY
     for chunk, text in zip(chunks, oracle_memories(chunks, spans, tokenizer)):
         prompt = prompts.memory_update.assemble({"prompt": question, "memory": memory, "chunk": chunk})
         new_memory = tokenizer.encode(text)
         if len(new_memory) + 1 > agent.max_memory_tokens:
             raise ValueError(f"sample {sample.index}: the oracle memory needs {len(new_memory) + 1} tokens, more than "
                              f"max_memory_tokens={agent.max_memory_tokens}")
+        if text == previous:
+            quiet.append(len(sequences))
         sequences.append(TrainSequence(prompt + new_memory + [end], len(prompt)))
-        memory = new_memory
+        memory, previous = new_memory, text
+    if 0 < quiet_updates < len(quiet):
+        rng = np.random.default_rng([stable_id(sample.task), sample.index, len(chunks)])
+        dropped = set(rng.choice(quiet, size=len(quiet) - quiet_updates, replace=False).tolist())
+        sequences = [seq for i, seq in enumerate(sequences) if i not in dropped]
     prompt = prompts.final_answer.assemble({"prompt": question, "memory": memory})
     answer = tokenizer.encode("\\boxed{" + sample.reward_answer + "}") + [end]
     if len(answer) > agent.max_answer_tokens:

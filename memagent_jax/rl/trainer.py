@@ -62,16 +62,19 @@ def per_process(size: int, what: str) -> int:
 class SFTTrainer:
     """Supervised warm start on oracle traces, through the same packing and update as GRPO."""
 
-    def __init__(self, policy: Policy, agent: MemoryAgent, mini_batch_size: int):
+    def __init__(self, policy: Policy, agent: MemoryAgent, mini_batch_size: int, quiet_updates: int = 0):
+        """quiet_updates: see rl.sft.oracle_sequences (0 trains every memory update)."""
         if policy.update_config.objective != "sft":
             raise ValueError("SFTTrainer needs a policy built with UpdateConfig(objective='sft')")
-        self.policy, self.agent = policy, agent
+        if quiet_updates < 0:
+            raise ValueError(f"sft.quiet_updates must be >= 0, got {quiet_updates}")
+        self.policy, self.agent, self.quiet_updates = policy, agent, quiet_updates
         self.mini_batch_size = per_process(mini_batch_size, "sft.mini_batch_size")
 
     def step(self, batch: Sequence[AgentSample]) -> dict[str, float]:
         """`batch`: this process's samples of the step."""
-        per_sample = [oracle_sequences(item, self.agent.tokenizer, self.agent.prompts, self.agent.config)
-                      for item in batch]
+        per_sample = [oracle_sequences(item, self.agent.tokenizer, self.agent.prompts, self.agent.config,
+                                       self.quiet_updates) for item in batch]
         return self.policy.train(_mini_batches(per_sample, self.mini_batch_size))
 
 
