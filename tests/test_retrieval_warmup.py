@@ -25,7 +25,7 @@ def _samples(tokenizer, task, length, count=4):
 
 
 @pytest.mark.parametrize("task", ["niah_single", "vt"])
-def test_sequence_is_document_question_then_evidence_lines(tokenizer, task):
+def test_sequence_is_document_question_then_evidence_notes(tokenizer, task):
     end = end_of_turn_id(tokenizer)
     newline = tokenizer.encode("\n")
     for item in _samples(tokenizer, task, 96):
@@ -38,8 +38,11 @@ def test_sequence_is_document_question_then_evidence_lines(tokenizer, task):
         assert tokens[-1] == end
         lines = tokenizer.decode(tokens[seq.prompt_len:-1]).split("\n")
         spans = sorted(item.sample.document.spans, key=lambda span: span.piece)
-        assert lines == list(dict.fromkeys(span.text for span in spans))
-        assert all(line in tokenizer.decode(document) for line in lines)  # copied from the document
+        assert lines == list(dict.fromkeys(span.memory_text for span in spans))
+        # Notes of the evidence: a needle's value; an assignment without its VAR keywords.
+        first = item.sample.answers[0]
+        assert lines[0] == (first if task == "niah_single" else f"{first} = {item.sample.meta['value']}")
+        assert all(line.replace(" = ", " = VAR ").split(" = VAR ")[-1] in tokenizer.decode(document) for line in lines)
         assert item.sample.reward_answer.split(",")[0].strip() in tokenizer.decode(tokens[seq.prompt_len:])
 
 

@@ -67,7 +67,7 @@ def test_oracle_sequences_use_the_agent_prompts_and_end_the_turn(tokenizer, task
     assert tokenizer.decode(final.tokens[final.prompt_len : -1]) == "\\boxed{" + item.sample.reward_answer + "}"
     # The last memory holds every answer-bearing line of the document.
     for span in item.sample.document.spans:
-        assert span.text in tokenizer.decode(memory)
+        assert span.memory_text in tokenizer.decode(memory)
 
 
 def test_quiet_updates_keep_every_evidence_update_and_the_answer(tokenizer):

@@ -39,10 +39,16 @@ class TextTokenizer(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Span:
-    """Answer-bearing text: ``text`` occurs inside piece number ``piece`` of the document."""
+    """Answer-bearing text: ``text`` occurs inside piece number ``piece`` of the document. ``note`` is what an
+    ideal memory keeps of it (SFT's oracle memories, the retrieval warm-up's targets); empty: the text itself."""
 
     piece: int
     text: str
+    note: str = ""
+
+    @property
+    def memory_text(self) -> str:
+        return self.note or self.text
 
 
 class Document(abc.ABC):

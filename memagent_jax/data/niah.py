@@ -175,7 +175,9 @@ class NeedleTask(SyntheticTask):
 
         asked = keys[: self.num_queries]
         inserts = ((0, head),) + tuple((p, line + "\n") for p, (_, _, line) in zip(positions, needles))
-        spans = tuple(Span(p, line) for p, (k, _, line) in zip(positions, needles) if k in asked)
+        # The memory keeps a needle's value alone: the question names the keys, and the tiny quickstart model
+        # copies 4 pieces far more reliably than a 20-piece sentence (BENCHMARKS.md "RULER's task definitions").
+        spans = tuple(Span(p, line, note=v) for p, (k, v, line) in zip(positions, needles) if k in asked)
         doc = HaystackDocument(stream, n_units, inserts, spans, tokens, skip=skip)
         return Sample(
             index=index,

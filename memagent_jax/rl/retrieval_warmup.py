@@ -6,10 +6,11 @@ digits included, into the memory. Learned from oracle memories alone, inside ~40
 did not start within hundreds of steps on the quickstart's tiny model: with attention spread over the
 whole prompt, the gradient towards the right line is weak. Here the same synthetic documents are made
 short (a few dozen to a few hundred tokens) and the target is dense: the document, the question, then
-the document's evidence lines (what the oracle memory holds after the last chunk). BENCHMARKS.md
+the notes of the document's evidence (what the oracle memory holds after the last chunk: each span's
+``memory_text``, e.g. a needle's value). BENCHMARKS.md
 ("Retrieval warm-up") has the measured effect.
 
-Sequence: document tokens, newline, question, newline | evidence lines joined by newlines, end-of-turn;
+Sequence: document tokens, newline, question, newline | evidence notes joined by newlines, end-of-turn;
 loss on the part after the bar. With `boxed_answer` the target goes on to the agent's final answer,
 `\\boxed{...}` after one more newline: a model answers from a memory of evidence lines, and copying the value
 out of a line into the box is trained here on every sample, where SFT has one answer per document.
@@ -30,7 +31,7 @@ def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row
     ValueError when it has no evidence or does not fit a packed row of `row_len` inputs."""
     sample = item.sample
     # In reading order, like the oracle memory after the last chunk.
-    spans = [span.text for span in sorted(sample.document.spans, key=lambda span: span.piece)]
+    spans = [span.memory_text for span in sorted(sample.document.spans, key=lambda span: span.piece)]
     if not spans:
         raise ValueError(f"sample {sample.index} of task {sample.task!r} has no evidence spans to retrieve")
     newline = tokenizer.encode("\n")

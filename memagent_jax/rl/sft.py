@@ -37,12 +37,16 @@ def _words_of(span: str) -> str:
 
 
 def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], tokenizer: Tokenizer,
-                    max_span_tokens: int = 256) -> list[str]:
-    """The ideal memory text after each chunk: spans completed by the end of that chunk, in the order read.
+                    max_span_tokens: int = 256, notes: Sequence[str] | None = None) -> list[str]:
+    """The ideal memory text after each chunk: the notes of the spans completed by the end of that chunk
+    (`notes[i]` for `spans[i]`; the span texts themselves when None), in the order read.
 
     Each chunk is decoded together with the `max_span_tokens` tokens before it, so a span that crosses a
     chunk boundary counts once it is complete, in linear time. A span's closing punctuation is not needed:
     a needle cut just before its final period has been read whole in the chunk that holds its last word."""
+    if notes is not None and len(notes) != len(spans):
+        raise ValueError(f"{len(notes)} notes for {len(spans)} spans")
+    note_of = dict(zip(spans, notes if notes is not None else spans))
     found: list[str] = []
     pending = list(dict.fromkeys(spans))
     memories = []
@@ -55,7 +59,7 @@ def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], token
             found.append(span)
             pending.remove(span)
         history = window
-        memories.append("\n".join(found) if found else EMPTY_MEMORY)
+        memories.append("\n".join(dict.fromkeys(note_of[span] for span in found)) if found else EMPTY_MEMORY)
     return memories
 
 
@@ -71,6 +75,7 @@ def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentProm
     memories it had found at 4K tokens and beyond (BENCHMARKS.md "RULER's task definitions")."""
     sample = item.sample
     spans = [span.text for span in sample.document.spans]
+    notes = [span.memory_text for span in sample.document.spans]
     if not spans:
         raise ValueError(f"sample {sample.index} of task {sample.task!r} has no answer spans: no oracle memory "
                          "can be written (SFT needs synthetic tasks or sources that mark their evidence)")
@@ -84,7 +89,7 @@ def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentProm
                                  agent.line_ends(tokenizer)))
     sequences, quiet = [], []  # quiet: updates that find no new evidence
     memory, previous = list(prompts.initial_memory), EMPTY_MEMORY
-    for chunk, text in zip(chunks, oracle_memories(chunks, spans, tokenizer)):
+    for chunk, text in zip(chunks, oracle_memories(chunks, spans, tokenizer, notes=notes)):
         prompt = prompts.memory_update.assemble({"prompt": question, "memory": memory, "chunk": chunk})
         new_memory = tokenizer.encode(text)
         if len(new_memory) + 1 > agent.max_memory_tokens:
