@@ -32,6 +32,14 @@ def test_memories_grow_as_the_evidence_is_read(tokenizer):
     assert "VAR ABCDE = 12345" not in text_before
 
 
+def test_memories_keep_the_notes_of_the_spans_found(tokenizer):
+    tokens = tokenizer.encode("filler.\nOne of the special magic numbers for calm-river is: 4821337.\nfiller.\n")
+    spans = ["One of the special magic numbers for calm-river is: 4821337."]
+    assert oracle_memories([tokens[:3], tokens[3:]], spans, tokenizer, notes=["4821337"]) == [EMPTY_MEMORY, "4821337"]
+    with pytest.raises(ValueError, match="1 notes for 2 spans"):
+        oracle_memories([tokens], spans + ["other"], tokenizer, notes=["4821337"])
+
+
 def test_a_span_cut_before_its_final_period_counts_in_the_chunk_of_its_last_word(tokenizer):
     tokens = tokenizer.encode("filler.\nThe code is 4821.\nfiller.\n")
     cut = len(tokenizer.encode("filler.\nThe code is 4821"))
