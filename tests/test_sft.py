@@ -96,6 +96,10 @@ def test_quiet_updates_keep_every_evidence_update_and_the_answer(tokenizer):
     assert all(s in kept for s in changes) and kept[-1] == every[-1]
     assert [every.index(s) for s in kept] == sorted(every.index(s) for s in kept)  # reading order
     assert oracle_sequences(item, tokenizer, prompts, agent, quiet_updates=100) == every
+    # The memory lists the four values as found; the answer copies it (any order scores under string_match_all).
+    last_memory = memory_in(every[-2])[1]
+    assert sorted(last_memory.split(", ")) == sorted(item.sample.answers)
+    assert tokenizer.decode(every[-1].tokens[every[-1].prompt_len:-1]) == "\\boxed{" + last_memory + "}"
 
 
 def test_end_of_turn_is_the_chat_marker(tokenizer):

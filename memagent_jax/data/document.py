@@ -39,8 +39,9 @@ class TextTokenizer(Protocol):
 
 @dataclasses.dataclass(frozen=True)
 class Span:
-    """Answer-bearing text: ``text`` occurs inside piece number ``piece`` of the document. ``note`` is what an
-    ideal memory keeps of it (SFT's oracle memories, the retrieval warm-up's targets); empty: the text itself."""
+    """Answer-bearing text: ``text`` occurs inside piece number ``piece`` of the document. ``note`` is the piece
+    of the answer it gives (a needle's value, a variable's name), which an ideal memory keeps (SFT's oracle
+    memories, the retrieval warm-up's targets); empty: the memory keeps the text itself."""
 
     piece: int
     text: str
@@ -49,6 +50,24 @@ class Span:
     @property
     def memory_text(self) -> str:
         return self.note or self.text
+
+
+NOTE_SEPARATOR = ", "  # what Sample.reward_answer joins several answers with
+
+
+def boxed_target(memory: str, sample: "Sample") -> str:
+    """The answer to train: the memory as it stands when it lists exactly the sample's answers (notes in
+    reading order; every answer is required, in any order), else the sample's canonical answer."""
+    listed = memory.split(NOTE_SEPARATOR)
+    if sample.answer_mode == "all" and len(listed) == len(sample.answers) and set(listed) == set(sample.answers):
+        return memory
+    return sample.reward_answer
+
+
+def evidence_memory(notes: Sequence[str], noted: bool) -> str:
+    """The memory that holds these evidence notes (reading order, repeats dropped): answer pieces (`noted`)
+    joined as the answer joins them, so a final answer copies the memory as it stands; texts one per line."""
+    return (NOTE_SEPARATOR if noted else "\n").join(dict.fromkeys(notes))
 
 
 class Document(abc.ABC):
@@ -238,7 +257,7 @@ class Sample:
     def reward_answer(self) -> str:
         """The one string a policy should put in \\boxed{}: all answers comma-joined in their canonical
         (stored) order for "all", the first alternative for "any"."""
-        return ", ".join(self.answers) if self.answer_mode == "all" else self.answers[0]
+        return NOTE_SEPARATOR.join(self.answers) if self.answer_mode == "all" else self.answers[0]
 
     @property
     def ground_truth(self) -> list[str]:

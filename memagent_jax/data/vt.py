@@ -101,9 +101,9 @@ class VariableTrackingTask(SyntheticTask):
         total = n_units + len(ordered)
         positions = sorted(1 + int(p) for p in rng.choice(total, size=len(ordered), replace=False))
         inserts = ((0, head),) + tuple((p, line + "\n") for p, (_, line) in zip(positions, ordered))
-        # The memory keeps each assignment without its VAR keywords ("XYZWV = ABCDE"): fewer pieces to copy.
-        spans = tuple(Span(p, line, note=line.replace("VAR ", "").strip()) for p, (c, line) in zip(positions, ordered)
-                      if c == 0)
+        # The memory keeps each assigned name: the chain so far, as the answer lists it; a hop extends it when
+        # its right-hand name is the chain's last.
+        spans = tuple(Span(p, line, note=line.split()[1]) for p, (c, line) in zip(positions, ordered) if c == 0)
         return Sample(
             index=index,
             task=self.name,

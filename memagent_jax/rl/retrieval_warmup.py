@@ -10,7 +10,7 @@ the notes of the document's evidence (what the oracle memory holds after the las
 ``memory_text``, e.g. a needle's value). BENCHMARKS.md
 ("Retrieval warm-up") has the measured effect.
 
-Sequence: document tokens, newline, question, newline | evidence notes joined by newlines, end-of-turn;
+Sequence: document tokens, newline, question, newline | the evidence memory (data.document.evidence_memory), end-of-turn;
 loss on the part after the bar. With `boxed_answer` the target goes on to the agent's final answer,
 `\\boxed{...}` after one more newline: a model answers from a memory of evidence lines, and copying the value
 out of a line into the box is trained here on every sample, where SFT has one answer per document.
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+from memagent_jax.data.document import boxed_target, evidence_memory
 from memagent_jax.data.pipeline import AgentSample
 from memagent_jax.rl.packing import TrainSequence
 from memagent_jax.tokenizer import Tokenizer
@@ -31,15 +32,15 @@ def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row
     ValueError when it has no evidence or does not fit a packed row of `row_len` inputs."""
     sample = item.sample
     # In reading order, like the oracle memory after the last chunk.
-    spans = [span.memory_text for span in sorted(sample.document.spans, key=lambda span: span.piece)]
-    if not spans:
+    ordered = sorted(sample.document.spans, key=lambda span: span.piece)
+    if not ordered:
         raise ValueError(f"sample {sample.index} of task {sample.task!r} has no evidence spans to retrieve")
     newline = tokenizer.encode("\n")
     document = [int(t) for chunk in item.iter_chunks(tokenizer) for t in chunk]
     prompt = document + newline + [int(t) for t in item.question_ids] + newline
-    text = "\n".join(dict.fromkeys(spans))
+    text = evidence_memory([span.memory_text for span in ordered], all(span.note for span in ordered))
     if boxed_answer:
-        text += "\n\\boxed{" + sample.reward_answer + "}"
+        text += "\n\\boxed{" + boxed_target(text, sample) + "}"
     target = tokenizer.encode(text) + [end_id]
     if len(prompt) + len(target) - 1 > row_len:
         raise ValueError(f"sample {sample.index} of task {sample.task!r}: retrieval sequence of "

@@ -15,6 +15,7 @@ import numpy as np
 from memagent_jax.agent.chunks import iter_rechunked
 from memagent_jax.agent.memory_agent import AgentConfig
 from memagent_jax.agent.prompts import EMPTY_MEMORY, AgentPrompts
+from memagent_jax.data.document import boxed_target, evidence_memory
 from memagent_jax.data.pipeline import AgentSample
 from memagent_jax.data.synthetic import stable_id
 from memagent_jax.rl.packing import TrainSequence
@@ -38,8 +39,9 @@ def _words_of(span: str) -> str:
 
 def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], tokenizer: Tokenizer,
                     max_span_tokens: int = 256, notes: Sequence[str] | None = None) -> list[str]:
-    """The ideal memory text after each chunk: the notes of the spans completed by the end of that chunk
-    (`notes[i]` for `spans[i]`; the span texts themselves when None), in the order read.
+    """The ideal memory text after each chunk: the spans completed by the end of that chunk, in the order read,
+    one per line; with `notes` (`notes[i]` is the answer piece `spans[i]` gives), their notes joined as the
+    final answer joins them (data.document.evidence_memory).
 
     Each chunk is decoded together with the `max_span_tokens` tokens before it, so a span that crosses a
     chunk boundary counts once it is complete, in linear time. A span's closing punctuation is not needed:
@@ -59,7 +61,7 @@ def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], token
             found.append(span)
             pending.remove(span)
         history = window
-        memories.append("\n".join(dict.fromkeys(note_of[span] for span in found)) if found else EMPTY_MEMORY)
+        memories.append(evidence_memory([note_of[s] for s in found], notes is not None) if found else EMPTY_MEMORY)
     return memories
 
 
@@ -75,7 +77,8 @@ def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentProm
     memories it had found at 4K tokens and beyond (BENCHMARKS.md "RULER's task definitions")."""
     sample = item.sample
     spans = [span.text for span in sample.document.spans]
-    notes = [span.memory_text for span in sample.document.spans]
+    # Notes when every span has one (the synthetic tasks): the memory is then the answer as far as it goes.
+    notes = [span.note for span in sample.document.spans] if all(s.note for s in sample.document.spans) else None
     if not spans:
         raise ValueError(f"sample {sample.index} of task {sample.task!r} has no answer spans: no oracle memory "
                          "can be written (SFT needs synthetic tasks or sources that mark their evidence)")
@@ -104,7 +107,7 @@ def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentProm
         dropped = set(rng.choice(quiet, size=len(quiet) - quiet_updates, replace=False).tolist())
         sequences = [seq for i, seq in enumerate(sequences) if i not in dropped]
     prompt = prompts.final_answer.assemble({"prompt": question, "memory": memory})
-    answer = tokenizer.encode("\\boxed{" + sample.reward_answer + "}") + [end]
+    answer = tokenizer.encode("\\boxed{" + boxed_target(previous, sample) + "}") + [end]
     if len(answer) > agent.max_answer_tokens:
         raise ValueError(f"sample {sample.index}: the boxed answer needs {len(answer)} tokens, more than "
                          f"max_answer_tokens={agent.max_answer_tokens}")
