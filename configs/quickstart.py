@@ -10,13 +10,17 @@ import ml_collections
 from memagent_jax.configuration import (copy_section, mesh_section, model_section, optimizer_section, output_sections,
                                         retrieval_section, sharding_section)
 
+# RULER's niah_single_1, niah_multikey_2 (distractor needles), niah_multivalue, niah_multiquery and vt.
+RULER_TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt")
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.seed = 0
     config.workdir = "runs/quickstart"
-    # Vocabulary 1536: the task corpus then gives every key word and template word a piece of its own.
-    config.model = model_section("tiny", vocab_size=1536)
+    # Vocabulary 2048, trained on RULER's English word lists (data/task_corpus.py): an unseen key word is ~3.3
+    # pieces (BENCHMARKS.md "RULER's task definitions").
+    config.model = model_section("tiny", vocab_size=2048)
     config.mesh = mesh_section(data=1, fsdp=-1, tensor=1)
     config.sharding = sharding_section()
     # The engine's layout for rollouts; empty = the training rules (e.g. [["heads", "tensor"], ...] for TP).
@@ -25,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.tokenizer = ml_collections.ConfigDict()
     config.tokenizer.path = ""  # empty: train a SentencePiece model into {workdir}/tokenizer
     config.tokenizer.vocab_size = config.model.vocab_size
-    config.tokenizer.corpus_lines = 8000  # of data/task_corpus.py
+    config.tokenizer.corpus_lines = 8000  # of data/task_corpus.py, after its ~3,600 word-cover lines
     # Numbers as pairs of digits (Llama 3 groups up to three): a 7-digit needle value is 4 pieces that rarely
     # repeat, where digit by digit nearly every value repeats a digit and the tiny model's copies stutter on it.
     config.tokenizer.digit_group = 2
@@ -33,8 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Chunks end at line breaks: cut every 256 tokens, ~8% of needles were split between two chunks, and the tiny
     # model lost most of those (the paper cuts by tokens; its 7B model copes, and paper_configs keep "token").
     config.agent = ml_collections.ConfigDict({
-        "chunk_size": 256, "chunk_boundary": "line", "max_memory_tokens": 96, "max_answer_tokens": 48,
-        "max_question_tokens": 48, "temperature": 1.0, "top_p": 1.0, "top_k": 0})
+        # Memory 128: four needle lines with unseen keys (multi-value, multi-query) take up to ~110 tokens.
+        "chunk_size": 256, "chunk_boundary": "line", "max_memory_tokens": 128, "max_answer_tokens": 48,
+        "max_question_tokens": 64, "temperature": 1.0, "top_p": 1.0, "top_k": 0})
     config.engine = ml_collections.ConfigDict({
         "page_size": 16, "num_pages": 4096, "max_slots": 64, "max_seq_len": 896, "max_prompt_len": 784,
         "prefill_chunk": 256, "prefill_batch": 8, "decode_steps": 8, "attention_backend": "auto",
@@ -51,20 +56,23 @@ def get_config() -> ml_collections.ConfigDict:
     # them (BENCHMARKS.md "Retrieval warm-up").
     config.copy = copy_section(300)
     config.copy.max_tokens = 32
-    # boxed_answer: the target ends with the boxed final answer, so copying a value from an evidence line into the
-    # box is trained on every sample (with line chunks, every needle miss left was a slip in that copy).
-    config.retrieval = retrieval_section(250, tasks=("niah_single", "vt"), lengths=(64, 96, 128), batch_size=32,
-                                         boxed_answer=True)
+    # RULER's tasks (data/tasks.py) with training keys; evaluations use keys of the other half of the vocabulary.
+    # vt_plain: RULER's worked example does not fit documents this short. boxed_answer: the target ends with the
+    # boxed final answer, so copying a value from an evidence line into the box is trained on every sample.
+    config.retrieval = retrieval_section(300, tasks=RULER_TASKS[:-1] + ("vt_plain",), lengths=(64, 96, 128),
+                                         batch_size=32, boxed_answer=True)
+    # SFT documents up to 4K tokens, each training its evidence updates, its answer and 2 of its other updates
+    # (sft.quiet_updates): trained on 256-1,024-token documents only, the model wiped found needles at 4K+.
     config.sft = ml_collections.ConfigDict({
-        "steps": 200, "batch_size": 8, "mini_batch_size": 8, "num_samples": 100_000,
-        "tasks": ("niah_single", "vt"), "lengths": (256, 512, 1024), "sources": (),
+        "steps": 300, "batch_size": 8, "mini_batch_size": 8, "num_samples": 100_000,
+        "tasks": RULER_TASKS, "lengths": (512, 1024, 2048, 4096), "sources": (), "quiet_updates": 2,
         "optimizer": optimizer_section(3e-3, 20)})
     # Two GRPO steps fit the 30-minute budget: a step of 4 samples x 4 rollouts on 1-2K documents takes ~40 s on
     # 2 cores (the first ~2 minutes: it compiles the engine and the update); 6 steps took the whole run to 32
     # minutes (BENCHMARKS.md "Digit pairs"). Raise rl.steps where time allows.
     config.rl = ml_collections.ConfigDict({
         "steps": 2, "batch_size": 4, "mini_batch_size": 2, "num_samples": 100_000,
-        "tasks": ("niah_single", "vt"), "lengths": (1024, 2048), "sources": (),
+        "tasks": RULER_TASKS, "lengths": (1024, 2048), "sources": (),
         "group_size": 4, "dynamic_sampling": True, "max_refills": 1,
         "normalize_std": False, "overlong": "filter", "overlong_penalty": 1.0,
         "loss": {"clip_low": 0.2, "clip_high": 0.28, "dual_clip": 3.0, "kl_coef": 0.001, "kl_estimator": "k3",
@@ -74,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Held-out needle and variable-tracking samples by length, SFT-only beside SFT+GRPO (greedy decoding);
     # `long` adds 256K and 1M tokens. Results in {workdir}/eval (table.md, accuracy.png, results.json).
     config.eval = ml_collections.ConfigDict({
-        "enabled": True, "tasks": ("niah_single", "vt"), "lengths": (1024, 4096, 16384, 65536), "long": False,
+        "enabled": True, "tasks": RULER_TASKS, "lengths": (1024, 4096, 16384, 65536), "long": False,
         "samples_per_cell": 8, "batch": 8, "data": (), "sampling": "greedy"})
 
     output_sections(config)
