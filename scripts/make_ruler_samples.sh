@@ -41,8 +41,8 @@
 #   scripts/make_ruler_samples.sh --tokenizer runs/quickstart/tokenizer --out /tmp/ruler-data \
 #       --lengths "1024 4096" --samples 8 --haystack noise
 #   python -m memagent_jax.evaluate --checkpoint NAME=DIR --data '/tmp/ruler-data/1024/*/validation.jsonl'
-#   (the quickstart checkpoint also needs --max_question_tokens 64: niah_multiquery's questions are longer than
-#   the 48 tokens it was trained with)
+#   (a checkpoint trained with shorter questions than niah_multiquery's, up to ~60 tokens, needs
+#   --max_question_tokens 64)
 set -euo pipefail
 
 RULER_MIRROR="${RULER_MIRROR:-/work/.mirror/NVIDIA+RULER/repo}"
