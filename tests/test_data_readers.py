@@ -201,6 +201,12 @@ def test_export_command_and_streamed_long_context(tmp_path: pathlib.Path, capsys
     task = make_task("vt", tiny_sp_tokenizer(tmp_path / "sp2"), 3000)
     _same(rows[1], task.sample(6))
     assert rows[1].meta["index"] == 6 and rows[1].answer_mode == "all"
+    # Evaluation rows ask for evaluation-split keys unless told otherwise.
+    for fmt, split in (("memagent_eval", "eval"), ("memagent_train", "train")):
+        main(["--task", "niah_single", "--tokenizer", str(tmp_path / "sp"), "--target_tokens", "1000",
+              "--num_samples", "1", "--format", fmt, "--out", str(tmp_path / f"{fmt}.jsonl")])
+        expected = make_task("niah_single", tiny_sp_tokenizer(tmp_path / "sp2"), 1000, key_split=split).sample(0)
+        assert open_source(tmp_path / f"{fmt}.jsonl")[0].question == expected.question
     # A 200K-token document goes through the streaming JSONL writer and reads back identical.
     big = make_task("niah_multiquery", tiny_sp_tokenizer(tmp_path / "sp3"), 200_000).sample(0)
     write_jsonl([big], tmp_path / "big.jsonl", "memagent_eval")

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
+from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.data.writers import write_jsonl, write_parquet
 
 __all__ = ["export", "main"]
@@ -30,11 +31,15 @@ def export(
     seed: int = 0,
     offset: int = 0,
     fmt: str = "memagent_train",
+    key_split: str | None = None,
 ) -> int:
-    """Samples ``offset .. offset+num_samples-1`` of ``task`` to ``out`` (.jsonl or .parquet)."""
+    """Samples ``offset .. offset+num_samples-1`` of ``task`` to ``out`` (.jsonl or .parquet). Needle keys come
+    from ``key_split`` (data/words.py); None: "eval" for the evaluation format, else "train"."""
     from memagent_jax.tokenizer import load_tokenizer
 
-    source = SyntheticSource(make_task(task, load_tokenizer(tokenizer_path), target_tokens, seed=seed), num_samples, offset)
+    split = key_split or ("eval" if fmt == "memagent_eval" else "train")
+    source = SyntheticSource(make_task(task, load_tokenizer(tokenizer_path), target_tokens, seed=seed, key_split=split),
+                             num_samples, offset)
     samples = (source[i] for i in range(len(source)))
     suffix = pathlib.Path(out).suffix
     if suffix == ".jsonl":
@@ -54,9 +59,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--offset", type=int, default=0, help="first sample index (for disjoint splits)")
     parser.add_argument("--format", default="memagent_train", choices=["memagent_train", "memagent_eval"])
+    parser.add_argument("--key_split", choices=list(KEY_SPLITS), default=None,
+                        help="needle keys: train or eval half of RULER's vocabulary, or all (default: eval for "
+                             "--format memagent_eval, else train)")
     args = parser.parse_args(argv)
     n = export(args.task, args.tokenizer, args.target_tokens, args.num_samples, args.out,
-               seed=args.seed, offset=args.offset, fmt=args.format)
+               seed=args.seed, offset=args.offset, fmt=args.format, key_split=args.key_split)
     print(f"wrote {n} samples to {args.out}")
 
 
