@@ -61,7 +61,8 @@ class VariableTrackingTask(SyntheticTask):
         return f"vt_c{self.num_chains}_h{self.num_hops}{shot}"
 
     def _one_shot(self, rng: np.random.Generator, value: str) -> str:
-        """RULER's worked example: about min(one_shot_tokens, target / 2) tokens, another value, 3-letter names."""
+        """RULER's worked example: about min(one_shot_tokens, target / 2) tokens, another value, 3-letter names;
+        none when even its chain and answer do not fit that (RULER itself makes no vt prompt that short)."""
         other = value
         while other == value:
             other = str(10_000 + int(rng.integers(90_000)))
@@ -71,6 +72,8 @@ class VariableTrackingTask(SyntheticTask):
                   f"text above, {len(names)} variables are assigned the value {other}, they are:  {' '.join(names)}")
         fixed = self.planner.count(VT_HEAD + "\n\n" + "\n".join(chain) + "\n" + answer + "\n\n")
         budget = min(self.one_shot_tokens, self.target_tokens // 2)
+        if fixed > budget:
+            return ""
         noise = max(0, (budget - fixed) // max(self.planner.count(FILLER + "\n"), 1))
         lines = [FILLER] * noise
         for line, at in zip(chain, sorted(int(p) for p in rng.choice(noise + len(chain), len(chain), replace=False))):
