@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from memagent_jax.data.mixture import MixtureSource, integer_weights
-from memagent_jax.data.sources import FileSource, SourceError, build_sources, parse_sources
+from memagent_jax.data.sources import FileSource, SourceError, build_sources, data_files, parse_sources
 
 FACT = pa.struct([("title", pa.string()), ("sentence", pa.int64()), ("text", pa.string()), ("document", pa.int64())])
 # MemAgent's training schema, written directly with pyarrow (not by the project's writer).
@@ -144,3 +144,14 @@ def test_a_file_mixture_resumes_from_the_iterator_state(tmp_path):
     resumed = pipeline()
     resumed.set_state(first.get_state())
     assert [ids(next(resumed)) for _ in range(4)] == expected[3:]
+
+
+def test_a_glob_lists_its_files_in_natural_order(tmp_path):
+    for length in ("65536", "1024", "16384", "4096"):
+        (tmp_path / length).mkdir()
+        (tmp_path / length / "validation.jsonl").write_text("{}\n")
+    for name in ("part-10.jsonl", "part-2.jsonl"):
+        (tmp_path / name).write_text("{}\n")
+    found = [p.relative_to(tmp_path).as_posix() for p in data_files(str(tmp_path / "*" / "validation.jsonl"))]
+    assert found == [f"{n}/validation.jsonl" for n in ("1024", "4096", "16384", "65536")]
+    assert [p.name for p in data_files(str(tmp_path / "part-*.jsonl"))] == ["part-2.jsonl", "part-10.jsonl"]

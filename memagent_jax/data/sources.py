@@ -19,6 +19,7 @@ import dataclasses
 import glob
 import os
 import pathlib
+import re
 from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
@@ -107,12 +108,19 @@ def parse_sources(entries: Sequence[Any], where: str) -> list[SourceSpec]:
     return specs
 
 
+def natural_key(path: str) -> list[Any]:
+    """Sort key that compares runs of digits as numbers: train-2 before train-10, 4096/ before 16384/."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", path)]
+
+
 def data_files(pattern: str) -> list[pathlib.Path]:
-    """The files a data path names: itself, or a glob's matches in name order (`**` recurses). A missing
+    """The files a data path names: itself, or a glob's matches in natural name order (numbers by value, so
+    RULER's 4096/ comes before 16384/; `**` recurses). A missing
     file, a folder or a glob that matches nothing raises FileNotFoundError or ValueError saying so."""
     expanded = os.path.expanduser(pattern)
     if glob.has_magic(expanded):
-        files = [pathlib.Path(p) for p in sorted(glob.glob(expanded, recursive=True)) if os.path.isfile(p)]
+        files = [pathlib.Path(p) for p in sorted(glob.glob(expanded, recursive=True), key=natural_key)
+                 if os.path.isfile(p)]
         if not files:
             raise FileNotFoundError(f"{pattern!r} matches no file")
         return files
