@@ -1,7 +1,9 @@
 """SFT warm start: oracle traces of the memory agent on synthetic tasks.
 
-The ideal memory after chunk k is the answer-bearing lines (the document's spans) read so far, one per
-line, in reading order; before any is found it says so. The final answer is the boxed reward answer. Each
+The ideal memory after chunk k is what the answer-bearing spans read so far give, in reading order: their
+notes (the answer so far: a needle's value, a chain's names, comma-separated) when every span has one, as in
+the synthetic tasks, else the spans' lines, one per line; before any is found it says so. The final answer is
+that memory boxed when it lists exactly the answers, else the boxed reward answer. Each
 conversation is assembled with the agent's own prompt templates (token level, like the rollouts), so SFT
 trains exactly the prompts the policy will later see.
 """
