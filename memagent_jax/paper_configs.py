@@ -65,7 +65,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     config.retrieval = retrieval_section(0)  # ... and find lines by their content
     config.sft = ml_collections.ConfigDict({
         "steps": 0, "batch_size": 16, "mini_batch_size": 16, "num_samples": 8192,
-        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (),
+        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (), "quiet_updates": 0,  # 0: every update
         "optimizer": optimizer_section(**PAPER_OPTIMIZER)})
     # Multi-Conv GRPO: G=16 rollouts per sample, batch_size samples per step in mini-batches (the paper: 128/8
     # for the 7B, 256/16 for the 14B: 16 updates per step), one PPO epoch; advantage = reward - group mean (no std division), no DAPO filters. 400 steps:
