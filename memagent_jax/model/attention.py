@@ -64,8 +64,8 @@ def block_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids
 
     Query blocks of `block` tokens attend only to keys up to their own end: the masked upper triangle is
     never computed (about (n + 1) / 2n of the work for n blocks), and each block's scores stay small enough
-    to live in cache. Masks are built per block from the segment ids, never as a whole [B, T, T] array.
-    Lengths that are not a multiple of `block` (or at most one block) run as one dense block."""
+    to live in cache. Masks are built per block from the segment ids, [B, block, end] each. Lengths that
+    are not a multiple of `block` (or at most one block) run as one dense block, with a whole [B, T, T] mask."""
     length, kv_heads = q.shape[1], k.shape[2]
     if length <= block or length % block:
         block = length
