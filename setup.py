@@ -20,7 +20,8 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
     # sentencepiece: trainable tokenizer for the embedded CPU default.
     "sentencepiece==0.2.3",
-    # tokenizers/safetensors/jinja2: real Qwen/Llama checkpoints (tokenizer.json, weights, chat templates).
+    # tokenizers/jinja2: real Qwen/Llama tokenizers (tokenizer.json) and chat templates. safetensors: the tests
+    # and benchmarks/checkpoint_load.py check our files with it (model/hf.py parses the format itself).
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "jinja2>=3.1,<4",

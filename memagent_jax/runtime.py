@@ -54,7 +54,7 @@ def build_model(config: ml_collections.ConfigDict) -> tuple[Transformer, Mesh]:
     mesh = build_mesh(config)
     rules = configuration.build_rules(config.sharding)
     if config.model.checkpoint:
-        from memagent_jax.model.hf import load_hf_checkpoint  # safetensors only needed for real checkpoints
+        from memagent_jax.model.hf import load_hf_checkpoint  # only real checkpoints need the HF reader
 
         model, _ = load_hf_checkpoint(config.model.checkpoint, mesh=mesh, rules=rules,
                                       dtype=config.model.dtype, param_dtype=config.model.param_dtype)
