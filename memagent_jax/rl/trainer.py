@@ -158,12 +158,13 @@ class GRPOTrainer:
 
 
 def batches_from(iterator: Iterator[Sequence[AgentSample]]) -> Callable[[], Sequence[AgentSample]]:
-    """next_batch for GRPOTrainer.step from a data-pipeline iterator, with a clear error at its end."""
+    """next_batch for GRPOTrainer.step from a data-pipeline iterator, with a clear error at its end. The
+    training run's pipelines repeat forever (make_pipeline's num_epochs=None); a finite one can end."""
 
     def next_batch() -> Sequence[AgentSample]:
         try:
             return next(iterator)
         except StopIteration:
-            raise RuntimeError("the training data ran out; raise data.num_epochs or the number of samples") from None
+            raise RuntimeError("the training data ran out; build the pipeline with num_epochs=None (endless)") from None
 
     return next_batch
