@@ -353,8 +353,8 @@ def summary(times: list[float], generated: int) -> dict[str, float]:
 
 
 def warm_up(name: str, runner: Callable, work: Workload, rng: np.random.Generator, vocab: int, seed: int) -> None:
-    """One call; our engine gets more calls until one compiles nothing (each step shape compiles twice when
-    the weights come from load_hf_checkpoint: see "Rollout engine (issue 3)" in BENCHMARKS.md)."""
+    """One call; an engine that counts its compilations (ours) gets more calls, at most 4, until a call after
+    the first compiles nothing, so that no timed call includes a compilation."""
     counter = getattr(runner, "compilations", None)
     for call in range(1, 5):
         before = counter() if counter else 0

@@ -60,7 +60,7 @@ class FileEvalConfig:
 def score_sample(sample: Sample, trajectories: Sequence[Trajectory], metric: str) -> dict[str, float]:
     """Mean over the rollouts of every score; a rollout that failed in the engine scores 0."""
     answers = list(sample.answers)
-    # The boxed reward compares with one string per alternative, or all references joined (sample.py's rule).
+    # The boxed reward compares with one string per alternative, or all references joined (Sample.ground_truth's rule).
     golds = [", ".join(answers)] if metric == "string_match_all" else answers
     totals = dict.fromkeys(SCORES, 0.0)
     for trajectory in trajectories:
