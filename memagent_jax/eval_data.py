@@ -7,7 +7,7 @@ files mix formats, a malformed record, a record with an empty context, question 
 ``on_bad_record="skip"`` such records are left out and counted per file and reason (the reader's SkipLog),
 and the counts reach results.json and table.md: nothing is dropped silently.
 
-Each file gets its headline metric (MEMAGENT.md, "Reward and metrics"): sub_em for QA whose answers are
+Each file gets its headline metric (as in MemAgent, arXiv:2507.02259): sub_em for QA whose answers are
 alternatives (RULER-HQA), string_match_part for RULER's QA tasks (qa_1, qa_2; as RULER scores them) and
 string_match_all for RULER's synthetic tasks (every reference must be found). A sample's length bucket is
 its record's ``num_docs`` (MemAgent evaluation rows) or ``length`` (RULER rows). Files in RULER's layout,

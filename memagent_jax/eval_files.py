@@ -27,7 +27,7 @@ from memagent_jax.eval_store import ResultStore, sample_key
 
 __all__ = ["SAMPLING", "FileEvalConfig", "Progress", "evaluate_files", "open_evaluation", "score_sample"]
 
-# greedy: one deterministic answer per sample. paper: the reference's validation sampling (MEMAGENT.md):
+# greedy: one deterministic answer per sample. paper: MemAgent's validation sampling (arXiv:2507.02259):
 # temperature 1.0, top-p 0.7, 4 samples per question, scores averaged.
 SAMPLING = {"greedy": {"temperature": 0.0, "top_p": 1.0, "rollouts": 1},
             "paper": {"temperature": 1.0, "top_p": 0.7, "rollouts": 4}}

@@ -1,8 +1,9 @@
 """MemAgent's reference-run settings as one config builder, shared by the real-scale configs in configs/.
 
-Facts from the paper and its reference implementation (see MEMAGENT.md): chunks of 5,000 tokens, memory,
-answer and question caps of 1,024, G=16, clip 0.2/0.2 with dual clip 3, token-mean, k3 KL at 0.001,
-AdamW lr 1e-6 with 20 warm-up steps then constant, weight decay 0.01, clip 1.0, one PPO epoch.
+Facts from the MemAgent paper (Yu et al., 2025, arXiv:2507.02259) and its reference implementation:
+chunks of 5,000 tokens, memory, answer and question caps of 1,024, G=16, clip 0.2/0.2 with dual clip 3,
+token-mean, k3 KL at 0.001, AdamW lr 1e-6 with 20 warm-up steps then constant, weight decay 0.01, clip 1.0,
+one PPO epoch.
 """
 
 import ml_collections

@@ -1,4 +1,4 @@
-"""MemAgent's prompt templates (MEMAGENT.md, reproduced exactly) and their token-level assembly.
+"""MemAgent's prompt templates (Yu et al., 2025, arXiv:2507.02259; reproduced exactly) and their token-level assembly.
 
 Every prompt is one user message rendered through the tokenizer's chat template. The question, the memory
 and the document chunk enter as token ids in slots: chunks and generated memories are never decoded and

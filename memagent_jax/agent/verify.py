@@ -1,8 +1,9 @@
 """Rule-based reward and evaluation metrics for MemAgent (pure Python, no jax).
 
-Training reward (MEMAGENT.md, "Reward and metrics"): look only at the last 300 characters of the final
-answer, lower-case them, take the last ``\\boxed{...}`` (or ``\\boxed token`` / ``\\fbox{...}``), normalise
-both sides MATH-style and compare with each ground truth; binary, max over ground truths.
+Training reward (MemAgent's rule-based verifier: Yu et al., 2025, arXiv:2507.02259, and its reference
+implementation): look only at the last 300 characters of the final answer, lower-case them, take the last
+``\\boxed{...}`` (or ``\\boxed token`` / ``\\fbox{...}``), normalise both sides MATH-style and compare with
+each ground truth; binary, max over ground truths.
 
 Evaluation: HotpotQA/SQuAD-normalised exact match, F1 and sub_em, plus RULER's string_match_all/part.
 
@@ -101,9 +102,9 @@ def extract_last_boxed(text: str | None) -> str | None:
 def normalize_math(text: str) -> str:
     """MATH-style answer normalisation (case is left alone; the reward lower-cases before calling).
 
-    The list from MEMAGENT.md plus the small MATH steps it implies: ``\\!`` removal, ``\\\\`` -> ``\\``,
-    a leading zero for bare decimals (``.5`` -> ``0.5``) and trailing periods dropped. Not done:
-    ``\\text{}`` unwrapping, frac/sqrt brace repair, ``x =`` stripping, unit removal."""
+    The list of MemAgent's verifier (arXiv:2507.02259) plus the small MATH steps it implies: ``\\!``
+    removal, ``\\\\`` -> ``\\``, a leading zero for bare decimals (``.5`` -> ``0.5``) and trailing periods
+    dropped. Not done: ``\\text{}`` unwrapping, frac/sqrt brace repair, ``x =`` stripping, unit removal."""
     s = text.replace("\n", "").replace("\r", "")
     s = s.replace("\\!", "")
     s = s.replace("\\\\", "\\")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Iterator
 
-# RULER's noise haystack line (MEMAGENT.md).
+# RULER's noise haystack line (RULER's synthetic tasks, Hsieh et al., 2024).
 FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 _ADJECTIVES = ("jittery", "calm", "bright", "silent", "eager", "brave", "gentle", "rapid", "quiet", "bold")
 _NOUNS = ("hospital", "river", "garden", "window", "forest", "station", "mirror", "engine", "harbor", "castle")

@@ -9,8 +9,9 @@ Conventions the trainer relies on:
     enabled, which only the tests use, to compare against a float64 NumPy reference.
   * Per-token arrays are [rows, T]. A row may pack several conversations: `segment_ids` numbers them
     1..max_segments and uses 0 for padding. A "sequence" is one (row, segment id) pair with at least one
-    masked-in token; each conversation of a trajectory is its own sequence (MEMAGENT.md, "RL: Multi-Conv
-    GRPO"), and the trajectory's advantage is broadcast onto all of its response tokens by the caller.
+    masked-in token; each conversation of a trajectory is its own sequence (the MemAgent paper's Multi-Conv
+    DAPO, arXiv:2507.02259), and the trajectory's advantage is broadcast onto all of its response tokens by
+    the caller.
   * Only `logp` (the trainer's current log-probabilities) and `entropy` carry gradients. `old_logp`,
     `ref_logp`, `sampler_logp` and `advantages` are data: they are wrapped in `stop_gradient`.
   * `aggregate` returns (numerator, denominator) so a mini-batch split into micro-batches gets exactly the
