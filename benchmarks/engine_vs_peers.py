@@ -1,6 +1,6 @@
 """Rollout throughput: our engine against transformers `generate` and the Tunix sampler, side by side.
 
-What it measures (issue 3), all in one process on one random Qwen2 checkpoint written in HF format:
+What it measures, all in one process on one random Qwen2 checkpoint written in HF format:
   * Throughput: batch 32, prompts of 512 random tokens, exactly 64 new tokens per row, sampled at
     temperature 1 with no top-k/top-p. Generated tokens per second = batch * new_tokens / wall time of one
     whole call (prefill included), for
