@@ -119,8 +119,8 @@ class Transformer(nnx.Module):
         copy give the same stream). The stream stays float32: each layer adds its compute-dtype output to
         it, and only the normed inputs of the matmuls are rounded. A bfloat16 stream rounds every residual
         add, and those roundings fall differently in programs of different shapes (the engine's decode
-        steps, the trainer's packed rows), which made up most of what remained of the bfloat16
-        sampler/trainer log-prob gap once attention was shared (benchmarks/logprob_gap.py)."""
+        steps, the trainer's packed rows): at 12 layers the bfloat16 sampler/trainer log-prob gap's mean is
+        2.35e-2 with a bfloat16 stream and 1.64e-2 with this one (benchmarks/logprob_gap.py)."""
         return jnp.take(self.embed_tokens[...], tokens, axis=0).astype(self.cfg.compute_dtype).astype(jnp.float32)
 
     def logits(self, hidden: jax.Array) -> jax.Array:
