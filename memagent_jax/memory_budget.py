@@ -34,7 +34,7 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 from memagent_jax.engine.kv_cache import kv_cache_bytes
 from memagent_jax.model import attention
 from memagent_jax.model.config import ModelConfig
-from memagent_jax.model.sharding import Rules, logical_to_spec, state_shardings
+from memagent_jax.model.sharding import Rules, as_mesh_axes, logical_to_spec, state_shardings
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.rl.optimizer import optimizer_state_shardings
 from memagent_jax.rl.precision import cast_floating
@@ -115,9 +115,7 @@ def local_size(name: str, size: int, mesh: AnyMesh, rules: Rules) -> int:
     """How much of a dimension of logical axis `name` one device holds under the rules (a dimension the
     mesh axes do not divide stays whole, as in model.sharding.logical_to_spec)."""
     spec = logical_to_spec((name,), (size,), rules, mesh)
-    entry = spec[0] if len(spec) else None
-    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-    return size // math.prod(mesh.shape[a] for a in axes)
+    return size // math.prod(mesh.shape[a] for a in as_mesh_axes(spec[0] if len(spec) else None))
 
 
 def scores_per_head(row_len: int, block: int = ATTENTION_BLOCK) -> int:
