@@ -27,9 +27,9 @@ def test_token_stats_over_pieces_match_the_whole_logits():
     rng = np.random.default_rng(0)
     tokens = rng.integers(1, CFG.vocab_size, (2, 20))
     segment_ids = np.array([[1] * 12 + [2] * 8, [1] * 17 + [0] * 3])
+    positions = np.where(segment_ids == 2, np.arange(20) - 12, np.arange(20)) * (segment_ids > 0)
     batch = {"tokens": jnp.asarray(tokens), "segment_ids": jnp.asarray(segment_ids),
-             "positions": jnp.asarray(np.where(segment_ids == 2, np.arange(20) - 12, np.arange(20)) * (segment_ids > 0)),
-             "targets": jnp.asarray(np.roll(tokens, -1, axis=1))}
+             "positions": jnp.asarray(positions), "targets": jnp.asarray(np.roll(tokens, -1, axis=1))}
     logits = np.asarray(model(batch["tokens"], segment_ids=batch["segment_ids"], positions=batch["positions"]))
     for temperature, piece_len in ((1.0, 256), (0.7, 6)):  # one piece, and pieces that do not divide 20
         logp, entropy = token_stats(model, batch, temperature, piece_len)

@@ -15,7 +15,8 @@ def _traced_scores(length: int, block: int) -> int:
     """Score elements of one head over one row in block_causal_attention's program: the dot_general
     outputs whose last axis is keys (the PV products end in HEAD_DIM)."""
     q = k = v = jnp.zeros((1, length, 1, HEAD_DIM), jnp.float32)
-    jaxpr = jax.make_jaxpr(lambda *a: block_causal_attention(*a, block=block))(q, k, v, jnp.ones((1, length), jnp.int32))
+    segments = jnp.ones((1, length), jnp.int32)
+    jaxpr = jax.make_jaxpr(lambda *a: block_causal_attention(*a, block=block))(q, k, v, segments)
     shapes = [eqn.outvars[0].aval.shape for eqn in jaxpr.jaxpr.eqns if eqn.primitive.name == "dot_general"]
     return sum(int(np.prod(s)) for s in shapes if s[-1] != HEAD_DIM)
 
