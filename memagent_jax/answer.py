@@ -21,7 +21,7 @@ from memagent_jax.agent.memory_agent import (CHUNK_BOUNDARIES, AgentConfig, Agen
                                               load_sizes)
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.engine.engine import Engine
-from memagent_jax.engine.requests import EngineConfig
+from memagent_jax.engine_sizing import size_engine
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint folder (HF layout with a tokenizer).")
 _DOCUMENT = flags.DEFINE_string("document", None, "Text file to read (any size; invalid UTF-8 is replaced).")
@@ -70,16 +70,11 @@ def answer_document(checkpoint: str | os.PathLike, document: str | os.PathLike, 
     tokenizer = load_tokenizer(checkpoint)
     model, _ = load_hf_checkpoint(checkpoint)
     prompts = AgentPrompts.build(tokenizer)
-    longest = prompts.memory_update.fixed_length() + config.max_question_tokens + config.max_memory_tokens \
-        + config.chunk_size
-    page_size = 16
-    max_seq_len = -(-(longest + max(config.max_memory_tokens, config.max_answer_tokens)) // page_size) * page_size
-    if max_seq_len > model.cfg.max_position_embeddings:
-        raise ValueError(f"chunk, memory and question sizes need {max_seq_len} positions but the model has "
-                         f"{model.cfg.max_position_embeddings}: lower --chunk_size or --max_memory_tokens")
-    engine = Engine(model, EngineConfig(page_size=page_size, num_pages=2 * max_seq_len // page_size + 2,
-                                        max_slots=1, max_seq_len=max_seq_len, max_prompt_len=longest,
-                                        prefill_chunk=min(512, max_seq_len) // page_size * page_size))
+    engine_config = size_engine(prompts, config, batch=1)
+    if engine_config.max_seq_len > model.cfg.max_position_embeddings:
+        raise ValueError(f"chunk, memory and question sizes need {engine_config.max_seq_len} positions but the "
+                         f"model has {model.cfg.max_position_embeddings}: lower --chunk_size or --max_memory_tokens")
+    engine = Engine(model, engine_config)
     agent = MemoryAgent(engine, tokenizer, config, prompts)
     progress = _Progress(document.stat().st_size)
     replaced = [0]

@@ -35,6 +35,7 @@ from memagent_jax.data.tasks import TASKS, make_task
 from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
+from memagent_jax.engine_sizing import size_engine
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.hf import load_hf_checkpoint
 from memagent_jax.model.transformer import Transformer
@@ -116,21 +117,6 @@ class EvalConfig:
         if values.get("engine") is not None:
             values["engine"] = EngineConfig(**values["engine"])
         return cls(**values)
-
-
-def size_engine(prompts: AgentPrompts, agent: AgentConfig, batch: int, page_size: int = 16) -> EngineConfig:
-    """The smallest engine that fits the longest prompt plus its generation for `batch` sequences at once
-    (twice the pages, so prompt records can stay cached)."""
-    longest = (prompts.memory_update.fixed_length() + agent.max_question_tokens
-               + max(agent.max_memory_tokens, len(prompts.initial_memory)) + agent.chunk_size)
-    generated = max(agent.max_memory_tokens, agent.max_answer_tokens)
-    max_seq_len = -(-(longest + generated) // page_size) * page_size
-    pages = max_seq_len // page_size
-    return EngineConfig(page_size=page_size, num_pages=2 * batch * pages + 2, max_slots=batch,
-                        max_seq_len=max_seq_len, max_prompt_len=longest,
-                        # A power of two: prefill pieces are padded to powers of two, so no odd extra shape.
-                        prefill_chunk=max(page_size, min(512, 1 << (max_seq_len.bit_length() - 1))),
-                        prefill_batch=min(8, batch))
 
 
 def length_label(n: int) -> str:

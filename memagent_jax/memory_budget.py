@@ -34,8 +34,9 @@ from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 from memagent_jax.engine.kv_cache import kv_cache_bytes
 from memagent_jax.model import attention
 from memagent_jax.model.config import ModelConfig
-from memagent_jax.model.sharding import Rules, logical_to_spec, state_shardings
+from memagent_jax.model.sharding import Rules, as_mesh_axes, logical_to_spec, state_shardings
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.rl.optimizer import optimizer_state_shardings
 from memagent_jax.rl.precision import cast_floating
 
 # HBM per device as JAX sees it (one JAX device per GPU; one per TPU v4/v5p chip, whose two TensorCores
@@ -105,31 +106,24 @@ def shard_bytes(values: Any, shardings: Any) -> int:
 
 def optimizer_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any,
                         mesh: AnyMesh) -> tuple[Any, Any]:
-    """(abstract optimizer state, its shardings), placed as rl.optimizer.init_optimizer_state places it:
-    params-shaped trees like the params, everything else (step counts) replicated."""
-    abstract = jax.eval_shape(optimizer.init, params)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract, param_shardings,
-                                      transform_non_params=lambda _: replicated)
-    return abstract, shardings
+    """(abstract optimizer state, its shardings), by training's own rule (rl.optimizer.optimizer_state_shardings)
+    with step counts and other scalars replicated over `mesh`."""
+    return optimizer_state_shardings(optimizer, params, param_shardings, NamedSharding(mesh, PartitionSpec()))
 
 
 def local_size(name: str, size: int, mesh: AnyMesh, rules: Rules) -> int:
     """How much of a dimension of logical axis `name` one device holds under the rules (a dimension the
     mesh axes do not divide stays whole, as in model.sharding.logical_to_spec)."""
     spec = logical_to_spec((name,), (size,), rules, mesh)
-    entry = spec[0] if len(spec) else None
-    axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
-    return size // math.prod(mesh.shape[a] for a in axes)
+    return size // math.prod(mesh.shape[a] for a in as_mesh_axes(spec[0] if len(spec) else None))
 
 
 def scores_per_head(row_len: int, block: int = ATTENTION_BLOCK) -> int:
     """Attention scores of one head over one packed row, as block_causal_attention computes them: query blocks
-    see keys up to their own end (the upper triangle is skipped); rows it cannot block are dense."""
-    if row_len <= block or row_len % block:
-        return row_len * row_len
-    blocks = row_len // block
-    return block * block * blocks * (blocks + 1) // 2
+    (attention.query_block) see keys up to their own end, so the upper triangle is skipped."""
+    size = attention.query_block(row_len, block)
+    blocks = row_len // size
+    return size * size * blocks * (blocks + 1) // 2
 
 
 def activation_bytes(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *, row_len: int, rows_per_micro: int,

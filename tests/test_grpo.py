@@ -26,6 +26,7 @@ from memagent_jax.rl.grpo import (
     kl_penalty,
     ppo_token_loss,
     token_logprobs,
+    token_logprobs_and_entropy,
 )
 
 MAX_SEGMENTS = 3
@@ -241,6 +242,26 @@ def test_entropy_with_impossible_tokens_is_finite():
     np.testing.assert_allclose(entropy_from_logits(logits), [math.log(2), math.log(3)], rtol=1e-6)
     grad = jax.grad(lambda x: entropy_from_logits(x).sum())(logits)
     assert np.isfinite(np.asarray(grad)).all()
+
+
+def test_logprobs_and_entropy_over_a_masked_vocabulary():
+    # A vocabulary padded past the tokenizer's (or masked by a sampler constraint) has -inf logits: the
+    # masked entries must drop out, giving the entropy and log-probs of the remaining tokens alone.
+    rng = np.random.default_rng(1)
+    kept = rng.normal(0, 2, (3, 6)).astype(np.float32)
+    logits = np.concatenate([kept, np.full((3, 4), -np.inf, np.float32)], axis=-1)
+    targets = np.array([0, 5, 2])
+    for temperature in (1.0, 0.7):
+        ref = ref_log_softmax(kept, temperature)
+        logp, entropy = token_logprobs_and_entropy(jnp.asarray(logits), jnp.asarray(targets), temperature)
+        np.testing.assert_allclose(logp, ref[np.arange(3), targets], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(entropy, -(np.exp(ref) * ref).sum(-1), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(entropy_from_logits(logits, temperature), entropy, rtol=1e-6)
+    grads = jax.grad(lambda x: sum(v.sum() for v in token_logprobs_and_entropy(x, jnp.asarray(targets))))(
+        jnp.asarray(logits))
+    assert np.isfinite(np.asarray(grads)).all()
+    with pytest.raises(ValueError, match="temperature"):
+        token_logprobs_and_entropy(logits, targets, 0.0)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -540,6 +561,7 @@ def test_functions_jit():
         (group_advantages, ("normalize_std",), (b["adv"][:, :4],), dict(normalize_std=True)),
         (token_logprobs, (), (logits, targets, 0.7), {}),
         (entropy_from_logits, (), (logits,), {}),
+        (token_logprobs_and_entropy, (), (logits, targets, 0.7), {}),
         (kl_penalty, ("estimator", "clamp"), (b["lp"], b["ref"]), dict(estimator="k3")),
         (ppo_token_loss, ("clip_low", "clip_high", "dual_clip"), (b["lp"], b["old"], b["adv"]),
          dict(clip_high=0.28)),

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from memagent_jax.model.attention import block_causal_attention, group_queries, masked_attention, segment_mask
+from memagent_jax.model.attention import (block_causal_attention, group_queries, masked_attention, query_block,
+                                         segment_mask)
 
 
 def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -78,3 +79,12 @@ def test_gradients_are_finite_with_padding_and_match_the_dense_block():
     for a, b in zip(blocked, dense):
         assert np.all(np.isfinite(np.asarray(a)))
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_query_block_splits_only_rows_it_divides_into_several_blocks():
+    assert query_block(384, 128) == 128
+    assert query_block(128, 128) == 128  # one block: the whole row
+    assert query_block(200, 128) == 200  # not a multiple: one dense block
+    assert query_block(64, 128) == 64
+    with pytest.raises(ValueError, match="query block"):
+        query_block(256, 0)

@@ -11,7 +11,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 from memagent_jax.model.config import get_preset
 from memagent_jax.model.sharding import DEFAULT_RULES, create_sharded, make_mesh
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, learning_rate_schedule, make_optimizer
+from memagent_jax.rl.optimizer import (OptimizerConfig, init_optimizer_state, learning_rate_schedule, make_optimizer,
+                                       optimizer_state_shardings)
 
 
 def test_warmup_then_constant_as_in_memagent():
@@ -53,6 +54,21 @@ def test_optimizer_state_is_sharded_like_the_params():
             assert m.sharding == p.sharding
     assert isinstance(adam.count.sharding, NamedSharding) and adam.count.sharding.spec == PartitionSpec()
     assert any(any(axis is not None for axis in p.sharding.spec) for p in jax.tree.leaves(params))  # really split
+
+
+def test_abstract_optimizer_shardings_are_the_ones_training_places():
+    # The memory budget traces ShapeDtypeStructs through optimizer_state_shardings: same rule, same answer.
+    mesh = make_mesh({"fsdp": -1})
+    model = create_sharded(lambda: Transformer(get_preset("tiny"), rngs=nnx.Rngs(0)), mesh, DEFAULT_RULES)
+    _, params = nnx.split(model)
+    optimizer = make_optimizer(OptimizerConfig(learning_rate=1e-3, warmup_steps=2))
+    placed = jax.tree.map(lambda x: x.sharding, init_optimizer_state(optimizer, params))
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
+    abstract, shardings = optimizer_state_shardings(optimizer, abstract_params,
+                                                    jax.tree.map(lambda x: x.sharding, params),
+                                                    NamedSharding(mesh, PartitionSpec()))
+    assert jax.tree.structure(abstract) == jax.tree.structure(placed)
+    assert jax.tree.leaves(shardings) == jax.tree.leaves(placed)
 
 
 def test_bad_settings_are_named():

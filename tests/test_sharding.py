@@ -58,6 +58,17 @@ def test_rule_errors_name_the_axis():
         sh.logical_to_spec(("experts",), (8,), sh.DEFAULT_RULES, mesh)
 
 
+def test_mesh_axes_of_rule_targets_and_spec_entries_round_trip():
+    for entry, axes in ((None, ()), ("fsdp", ("fsdp",)), (("data", "fsdp"), ("data", "fsdp")),
+                        (["data", "tensor"], ("data", "tensor"))):
+        assert sh.as_mesh_axes(entry) == axes
+        assert sh.as_mesh_axes(sh.spec_entry(axes)) == axes
+    assert sh.spec_entry(("fsdp",)) == "fsdp" and sh.spec_entry(()) is None  # PartitionSpec's own spelling
+    # Entries of a real spec: the batch sharding splits rows over data and fsdp.
+    mesh = sh.make_mesh({"data": 2, "fsdp": 4})
+    assert sh.as_mesh_axes(sh.batch_sharding(mesh, sh.DEFAULT_RULES).spec[0]) == ("data", "fsdp")
+
+
 def test_logical_to_spec_drops_reused_trivial_and_indivisible_axes():
     mesh = sh.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
     rules = sh.DEFAULT_RULES

@@ -57,6 +57,15 @@ def segment_mask(segment_ids: jax.Array) -> jax.Array:
     return causal & same & (segment_ids[..., None, :] > 0)
 
 
+def query_block(length: int, block: int = BLOCK) -> int:
+    """The query block block_causal_attention uses for rows of `length` tokens: `block` when it splits the
+    row into two or more whole blocks, else the whole row (one dense block). The memory budget counts
+    attention scores with this, so the two cannot disagree."""
+    if block < 1:
+        raise ValueError(f"attention query block must be >= 1, got {block}")
+    return length if length <= block or length % block else block
+
+
 def block_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array,
                            block: int = BLOCK) -> jax.Array:
     """Causal attention within segments of a sequence's own keys: q [B, T, H, hd], k/v [B, T, KV, hd],
@@ -67,8 +76,7 @@ def block_causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids
     to live in cache. Masks are built per block from the segment ids, [B, block, end] each. Lengths that
     are not a multiple of `block` (or at most one block) run as one dense block, with a whole [B, T, T] mask."""
     length, kv_heads = q.shape[1], k.shape[2]
-    if length <= block or length % block:
-        block = length
+    block = query_block(length, block)
     qg = group_queries(q, kv_heads)
     kt, vt = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]
     index = jnp.arange(length)

@@ -58,12 +58,19 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     return Mesh(grid, MESH_AXES)
 
 
-def _as_axes(target: Any) -> tuple[str, ...]:
-    if target is None:
+def as_mesh_axes(entry: Any) -> tuple[str, ...]:
+    """A sharding rule's target or a PartitionSpec entry (None, one axis name, or several) as a tuple of
+    mesh axis names: None -> (), "fsdp" -> ("fsdp",), ("data", "fsdp") -> ("data", "fsdp")."""
+    if entry is None:
         return ()
-    if isinstance(target, str):
-        return (target,)
-    return tuple(target)
+    if isinstance(entry, str):
+        return (entry,)
+    return tuple(entry)
+
+
+def spec_entry(axes: Sequence[str]) -> Any:
+    """The PartitionSpec entry for one dimension split over `axes` (the inverse of as_mesh_axes)."""
+    return None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
 
 
 def validate_rules(rules: Rules) -> dict[str, tuple[str, ...]]:
@@ -75,7 +82,7 @@ def validate_rules(rules: Rules) -> dict[str, tuple[str, ...]]:
         name, target = entry
         if name in table:
             raise ValueError(f"logical axis {name!r} appears twice in the sharding rules")
-        axes = _as_axes(target)
+        axes = as_mesh_axes(target)
         bad = [a for a in axes if a not in MESH_AXES]
         if bad:
             raise ValueError(f"sharding rule for {name!r} names unknown mesh axes {bad}; known: {MESH_AXES}")
@@ -101,7 +108,7 @@ def logical_to_spec(
         if axes and dim % math.prod(mesh.shape[a] for a in axes):
             axes = []
         used.update(axes)
-        spec.append(None if not axes else axes[0] if len(axes) == 1 else tuple(axes))
+        spec.append(spec_entry(axes))
     while spec and spec[-1] is None:
         spec.pop()
     return PartitionSpec(*spec)
@@ -162,8 +169,7 @@ def describe_shardings(state: nnx.State) -> dict[str, PartitionSpec]:
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     """Sharding for [batch, length, ...] inputs: batch over the `batch` rule's axes, the rest replicated."""
     axes = [a for a in validate_rules(rules).get("batch", ()) if mesh.shape[a] > 1]
-    lead = None if not axes else axes[0] if len(axes) == 1 else tuple(axes)
-    return NamedSharding(mesh, PartitionSpec(lead, *([None] * (ndim - 1))))
+    return NamedSharding(mesh, PartitionSpec(spec_entry(axes), *([None] * (ndim - 1))))
 
 
 def rules_from_config(entries: Iterable[Any]) -> tuple[tuple[str, Any], ...]:

@@ -77,15 +77,32 @@ def token_logprobs(logits: jax.Array, targets: jax.Array, temperature: float = 1
     return picked - jax.nn.logsumexp(scaled, axis=-1)
 
 
+def entropy_from_log_probs(log_probs: jax.Array) -> jax.Array:
+    """Entropy -sum p log p of a normalised log-distribution over the last axis: [..., V] -> [...].
+
+    The one entropy formula of the trainer (the loss term and the logged metric both come through here)."""
+    probs = jnp.exp(log_probs)
+    # Masked tokens (logit -inf, so log p = -inf and p = 0) contribute 0, not 0 * -inf = NaN, in value and
+    # gradient.
+    safe_log_probs = jnp.where(probs > 0, log_probs, 0.0)
+    return -jnp.sum(probs * safe_log_probs, axis=-1)
+
+
 def entropy_from_logits(logits: jax.Array, temperature: float = 1.0) -> jax.Array:
     """Entropy of softmax(logits / temperature) over the last axis: [..., V] -> [...]."""
     _check_temperature(temperature)
-    scaled = _as_float(logits) / temperature
-    log_probs = jax.nn.log_softmax(scaled, axis=-1)
-    probs = jnp.exp(log_probs)
-    # Tokens with probability 0 (logit -inf) contribute 0, not 0 * -inf = NaN, in value and gradient.
-    safe_log_probs = jnp.where(probs > 0, log_probs, 0.0)
-    return -jnp.sum(probs * safe_log_probs, axis=-1)
+    return entropy_from_log_probs(jax.nn.log_softmax(_as_float(logits) / temperature, axis=-1))
+
+
+def token_logprobs_and_entropy(logits: jax.Array, targets: jax.Array,
+                               temperature: float = 1.0) -> tuple[jax.Array, jax.Array]:
+    """(token_logprobs, entropy_from_logits) from one log-softmax: logits [..., V], targets [...] int ->
+    two [...] float32 arrays. The trainer's per-token pass (rl.logprobs) uses this: one [..., V] array
+    serves both, where the two functions apart would each reduce over the vocabulary."""
+    _check_temperature(temperature)
+    log_probs = jax.nn.log_softmax(_as_float(logits) / temperature, axis=-1)
+    taken = jnp.take_along_axis(log_probs, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+    return taken, entropy_from_log_probs(log_probs)
 
 
 def kl_penalty(

@@ -11,15 +11,12 @@ import jax
 import jax.numpy as jnp
 
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.rl.grpo import token_logprobs_and_entropy
 
 
 def _piece_stats(model: Transformer, hidden: jax.Array, targets: jax.Array,
                  temperature: float) -> tuple[jax.Array, jax.Array]:
-    logits = model.logits(hidden) / temperature
-    log_probs = jax.nn.log_softmax(logits, axis=-1)
-    taken = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-    entropy = -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
-    return taken, entropy
+    return token_logprobs_and_entropy(model.logits(hidden), targets, temperature)
 
 
 def token_stats(model: Transformer, batch: dict[str, jax.Array], temperature: float = 1.0,

@@ -95,13 +95,23 @@ def in_dtype(inner: optax.GradientTransformation, dtype: jnp.dtype) -> optax.Gra
     return optax.GradientTransformation(init, update)
 
 
-def init_optimizer_state(optimizer: optax.GradientTransformation, params: Any) -> Any:
-    """Optimizer state created on device with every params-shaped tree sharded like the params (moments
-    of an FSDP-sharded weight are FSDP-sharded too); scalars such as the step count are replicated."""
-    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+def optimizer_state_shardings(optimizer: optax.GradientTransformation, params: Any, param_shardings: Any,
+                              replicated: jax.sharding.Sharding) -> tuple[Any, Any]:
+    """(abstract optimizer state, its shardings) for params (concrete or ShapeDtypeStructs) placed as
+    `param_shardings`: every params-shaped tree (Adam's moments) like the params, so the moments of an
+    FSDP-sharded weight are FSDP-sharded too; everything else (step counts) `replicated`. The memory budget
+    calls this too, so its optimizer figure follows whatever placement training uses."""
     abstract = jax.eval_shape(optimizer.init, params)
-    mesh = next((s.mesh for s in jax.tree.leaves(param_shardings) if isinstance(s, NamedSharding)), None)
-    replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else jax.tree.leaves(param_shardings)[0]
     shardings = optax.tree_map_params(optimizer, lambda _, sharding: sharding, abstract, param_shardings,
                                       transform_non_params=lambda _: replicated)
+    return abstract, shardings
+
+
+def init_optimizer_state(optimizer: optax.GradientTransformation, params: Any) -> Any:
+    """Optimizer state created on device, placed by `optimizer_state_shardings` from the params' own
+    shardings."""
+    param_shardings = jax.tree.map(lambda x: x.sharding, params)
+    mesh = next((s.mesh for s in jax.tree.leaves(param_shardings) if isinstance(s, NamedSharding)), None)
+    replicated = NamedSharding(mesh, PartitionSpec()) if mesh is not None else jax.tree.leaves(param_shardings)[0]
+    _, shardings = optimizer_state_shardings(optimizer, params, param_shardings, replicated)
     return jax.jit(optimizer.init, out_shardings=shardings)(params)

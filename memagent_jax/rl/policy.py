@@ -18,7 +18,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from memagent_jax import multihost
-from memagent_jax.model.sharding import Rules, batch_sharding
+from memagent_jax.model.sharding import Rules, as_mesh_axes, batch_sharding
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, make_optimizer
 from memagent_jax.rl.packing import TrainSequence, micro_batches, pack
@@ -56,7 +56,7 @@ class Policy:
         else:
             self.reference = None
         rows = batch_sharding(mesh, rules, ndim=2)
-        data_parallel = int(np.prod([mesh.shape[a] for a in _axes(rows.spec[0])]))
+        data_parallel = int(np.prod([mesh.shape[a] for a in as_mesh_axes(rows.spec[0])]))
         if shape.rows_per_micro % data_parallel:
             raise ValueError(f"rows_per_micro={shape.rows_per_micro} must be a multiple of the data-parallel size "
                              f"{data_parallel} (mesh {dict(mesh.shape)})")
@@ -135,9 +135,3 @@ class Policy:
             "update_tokens_per_s": real / elapsed if elapsed > 0 else 0.0,
         })
         return metrics
-
-
-def _axes(entry: Any) -> tuple[str, ...]:
-    if entry is None:
-        return ()
-    return (entry,) if isinstance(entry, str) else tuple(entry)
