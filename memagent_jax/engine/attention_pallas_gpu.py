@@ -28,10 +28,8 @@ import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as pltriton
 
-from memagent_jax.engine.attention import check_paged_shapes
-
-_MASK_VALUE = -1e30  # finite: an all-masked row must not compute inf - inf
-
+from memagent_jax.engine.page_shapes import check_paged_shapes
+from memagent_jax.model.attention import MASK_VALUE
 
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
@@ -64,7 +62,7 @@ def _decode_kernel(
         scores = jax.lax.dot_general(
             q, k, (((1,), (1,)), ((), ())), precision=precision, preferred_element_type=jnp.float32)
         valid = block * block_k + jnp.arange(block_k) < length  # masks the ragged tail
-        scores = jnp.where(valid[None, :], scores * scale, _MASK_VALUE)
+        scores = jnp.where(valid[None, :], scores * scale, MASK_VALUE)
         m_new = jnp.maximum(m, scores.max(axis=1))
         p = jnp.where(valid[None, :], jnp.exp(scores - m_new[:, None]), 0.0)
         alpha = jnp.exp(m - m_new)
@@ -79,7 +77,7 @@ def _decode_kernel(
 
     groups, head_dim = q.shape
     init = (
-        jnp.full((groups,), _MASK_VALUE, jnp.float32),
+        jnp.full((groups,), MASK_VALUE, jnp.float32),
         jnp.zeros((groups,), jnp.float32),
         jnp.zeros((groups, head_dim), jnp.float32),
     )

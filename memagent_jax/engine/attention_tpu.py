@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas import tpu as pltpu
 from jax.experimental.pallas.ops.tpu.paged_attention import paged_attention
 
-from memagent_jax.engine.attention import check_paged_shapes
+from memagent_jax.engine.page_shapes import check_paged_shapes
 
 
 def paged_decode_attention_tpu(
