@@ -26,7 +26,8 @@ from collections.abc import Sequence
 
 from memagent_jax.data.document import Sample, TextTokenizer
 from memagent_jax.data.errors import OnError, RecordError, check_on_error
-from memagent_jax.data.readers import RecordSource, open_source
+from memagent_jax.data.readers import open_source
+from memagent_jax.data.record_source import RecordSource
 from memagent_jax.data.ruler_qa import HEAD as RULER_QA_HEAD
 from memagent_jax.data.sources import data_files
 

@@ -6,7 +6,8 @@ Modules (import them directly; this package imports nothing so `import memagent_
              multihop_qa; keys from a training or an evaluation half of RULER's vocabulary (words)
   niah, vt, multihop   the generators; synthetic: base class, SyntheticSource (Grain source)
   haystack, length     lazy haystack documents; token-length planning (exact or calibrated)
-  readers, parquet     JSONL / JSON-array / Parquet sources of MemAgent and RULER records
+  readers, parquet     JSONL / JSON-array / Parquet sources of MemAgent and RULER records (open_source)
+  record_source   their base: format parsing, the bad-record policy, skip accounting
   records, writers     record formats <-> Sample; MemAgent-format writers (JSONL streamed, Parquet), atomic
   hotpotqa   RULER-HQA builder from a local HotpotQA dev file (scripts/fetch_hotpotqa.sh)
   hotpotqa_train, heldout   MemAgent's HotpotQA training Parquet; the held-out evaluation questions

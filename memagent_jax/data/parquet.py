@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from memagent_jax.data.errors import RecordError
-from memagent_jax.data.readers import RecordSource
+from memagent_jax.data.record_source import RecordSource
 
 __all__ = ["ParquetSource"]
 

@@ -29,7 +29,8 @@ import numpy as np
 from memagent_jax.data.document import Sample, TextTokenizer
 from memagent_jax.data.errors import RecordError
 from memagent_jax.data.mixture import MixtureSource
-from memagent_jax.data.readers import RecordSource, open_source
+from memagent_jax.data.readers import open_source
+from memagent_jax.data.record_source import RecordSource
 from memagent_jax.data.records import FORMATS
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
