@@ -24,7 +24,7 @@ from flax import nnx
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from memagent_jax import configuration  # noqa: E402
-from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent  # noqa: E402
+from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent  # noqa: E402
 from memagent_jax.agent.verify import boxed_reward  # noqa: E402
 from memagent_jax.data.pipeline import AgentSample, make_pipeline  # noqa: E402
 from memagent_jax.data.synthetic import SyntheticSource  # noqa: E402
@@ -130,7 +130,7 @@ def main() -> None:
             engine.update_weights(policy.params)
             cells = []
             for length, items in held_out.items():
-                runs = agent.run([AgentTask.from_agent_sample(x, tokenizer) for x in items], keep_prompts=False)
+                runs = agent.run([x.agent_task(tokenizer) for x in items], keep_prompts=False)
                 accuracy = np.mean([boxed_reward(r.answer, x.sample.ground_truth) for r, x in zip(runs, items)])
                 cells.append(f"{length}: {accuracy:.2f}")
             print(f"eval {step} accuracy {' '.join(cells)}; last memory {runs[0].memories[-1][:80]!r}, answer "

@@ -212,7 +212,7 @@ def test_runs_samples_from_the_data_pipeline(engine, tokenizer):
     source = SyntheticSource(make_task("niah_single", tokenizer, target_tokens=150), num_samples=2)
     [batch] = list(make_pipeline(source, global_batch_size=2, tokenizer=tokenizer, chunk_tokens=48,
                                  shuffle=False, num_epochs=1, process_index=0, process_count=1))
-    tasks = [AgentTask.from_agent_sample(item, tokenizer) for item in batch]
+    tasks = [item.agent_task(tokenizer) for item in batch]
     trajectories = MemoryAgent(engine, tokenizer, AGENT).run(tasks)
     for item, task, trajectory in zip(batch, tasks, trajectories):
         chunks = [list(map(int, c)) for c in item.iter_chunks(tokenizer)]

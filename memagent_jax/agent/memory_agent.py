@@ -12,7 +12,7 @@ import json
 import os
 import pathlib
 import zlib
-from typing import TYPE_CHECKING, Callable, Hashable, Iterable, Sequence
+from typing import Callable, Hashable, Iterable, Sequence
 
 from memagent_jax.agent.chunks import ChunkCache
 from memagent_jax.agent.prompts import AgentPrompts
@@ -20,9 +20,6 @@ from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import Completion, EngineConfig, Request
 from memagent_jax.engine.sampling import SamplingParams
 from memagent_jax.tokenizer import Tokenizer
-
-if TYPE_CHECKING:
-    from memagent_jax.data.pipeline import AgentSample
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,13 +87,6 @@ class AgentTask:
     document_tokens: Callable[[], Iterable[Sequence[int]]]  # called once per sample, streamed lazily
     answers: tuple[str, ...] = ()
     question_ids: Sequence[int] | None = None  # when already tokenized (the data pipeline does it)
-
-    @classmethod
-    def from_agent_sample(cls, item: "AgentSample", tokenizer: Tokenizer) -> "AgentTask":
-        """From the data pipeline's AgentSample: pre-tokenized question, chunks streamed or cached."""
-        sample = item.sample
-        return cls(sample.index, sample.question, lambda: item.iter_chunks(tokenizer),
-                   tuple(sample.ground_truth), question_ids=[int(t) for t in item.question_ids])
 
 
 @dataclasses.dataclass

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 import grain
 import numpy as np
 
+from memagent_jax.agent.memory_agent import AgentTask
 from memagent_jax.data.document import Sample, TextTokenizer
 
 __all__ = ["AgentSample", "Tokenize", "make_pipeline"]
@@ -46,6 +47,11 @@ class AgentSample:
             yield from self.chunks
         else:
             yield from self.sample.document.iter_tokens(tokenizer, self.chunk_tokens)
+
+    def agent_task(self, tokenizer: TextTokenizer) -> AgentTask:
+        """The agent's view of this sample: pre-tokenized question, chunks streamed or cached."""
+        return AgentTask(self.sample.index, self.sample.question, lambda: self.iter_chunks(tokenizer),
+                         tuple(self.sample.ground_truth), question_ids=[int(t) for t in self.question_ids])
 
 
 class Tokenize(grain.transforms.Map):

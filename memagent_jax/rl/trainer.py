@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Sequence
 import jax
 
 from memagent_jax import multihost
-from memagent_jax.agent.memory_agent import AgentTask, MemoryAgent
+from memagent_jax.agent.memory_agent import MemoryAgent
 from memagent_jax.data.pipeline import AgentSample
 from memagent_jax.engine.engine import Engine
 from memagent_jax.rl.experience import ExperienceConfig, Group, rollout_metrics, score_groups, training_sequences
@@ -102,7 +102,7 @@ class GRPOTrainer:
 
     def _rollouts(self, batch: Sequence[AgentSample], seed: int, draw: int) -> list[Group]:
         tokenizer = self.agent.tokenizer
-        tasks = [AgentTask.from_agent_sample(item, tokenizer) for item in batch]
+        tasks = [item.agent_task(tokenizer) for item in batch]
         # Fresh sampling seeds for every step and refill draw, reproducible from (step seed, draw).
         self.agent.config = dataclasses.replace(self.agent.config, seed=zlib.crc32(repr((seed, draw)).encode()))
         trajectories = self.agent.run(tasks, group_size=self.config.group_size)
