@@ -20,7 +20,8 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
     # sentencepiece: trainable tokenizer for the embedded CPU default.
     "sentencepiece==0.2.3",
-    # tokenizers/safetensors/jinja2: real Qwen/Llama checkpoints (tokenizer.json, weights, chat templates).
+    # tokenizers/safetensors/jinja2: real Qwen/Llama checkpoints (tokenizer.json, weights, chat templates);
+    # safetensors writes the exported shards (model/hf.py), loading keeps its own memory-mapped reader.
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "jinja2>=3.1,<4",
@@ -31,6 +32,8 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     # wonderwords (MIT): the English adjective and noun lists RULER draws its needle keys from.
     "wonderwords==3.0.1",
+    # tensorboardX: TensorBoard event files without TensorFlow (metrics.MetricsWriter).
+    "tensorboardX==2.6.5",
 ]
 
 TEST_REQUIRES = [
@@ -39,7 +42,7 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     # transformers builds the tiny random Qwen2/Llama reference checkpoints in tests (no hub access).
     "transformers==5.23.0",
-    # tensorboard: test_metrics reads our hand-written event files back with TensorBoard's own reader.
+    # tensorboard: test_metrics reads the event files back with TensorBoard's own reader.
     "tensorboard==2.21.0",
 ]
 
