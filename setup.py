@@ -34,6 +34,8 @@ INSTALL_REQUIRES = [
     "wonderwords==3.0.1",
     # tensorboardX: TensorBoard event files without TensorFlow (metrics.MetricsWriter).
     "tensorboardX==2.6.5",
+    # tqdm: the console progress bars of training, evaluation and memagent-answer (progress.py).
+    "tqdm==4.70.1",
 ]
 
 TEST_REQUIRES = [
