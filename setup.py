@@ -20,8 +20,8 @@ INSTALL_REQUIRES = [
     "absl-py>=2.1,<3",
     # sentencepiece: trainable tokenizer for the embedded CPU default.
     "sentencepiece==0.2.3",
-    # tokenizers/jinja2: real Qwen/Llama tokenizers (tokenizer.json) and chat templates. safetensors: the tests
-    # and benchmarks/checkpoint_load.py check our files with it (model/hf.py parses the format itself).
+    # tokenizers/safetensors/jinja2: real Qwen/Llama checkpoints (tokenizer.json, weights, chat templates);
+    # safetensors writes the exported shards (model/hf.py), loading keeps its own memory-mapped reader.
     "tokenizers==0.23.3",
     "safetensors==0.8.0",
     "jinja2>=3.1,<4",
@@ -32,6 +32,10 @@ INSTALL_REQUIRES = [
     "matplotlib==3.11.2",
     # wonderwords (MIT): the English adjective and noun lists RULER draws its needle keys from.
     "wonderwords==3.0.1",
+    # tensorboardX: TensorBoard event files without TensorFlow (metrics.MetricsWriter).
+    "tensorboardX==2.6.5",
+    # tqdm: the console progress bars of training, evaluation and memagent-answer (progress.py).
+    "tqdm==4.70.1",
 ]
 
 TEST_REQUIRES = [
@@ -40,7 +44,7 @@ TEST_REQUIRES = [
     "torch==2.13.0",
     # transformers builds the tiny random Qwen2/Llama reference checkpoints in tests (no hub access).
     "transformers==5.23.0",
-    # tensorboard: test_metrics reads our hand-written event files back with TensorBoard's own reader.
+    # tensorboard: test_metrics reads the event files back with TensorBoard's own reader.
     "tensorboard==2.21.0",
 ]
 

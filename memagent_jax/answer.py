@@ -9,12 +9,13 @@ streamed: read, decoded and tokenized piece by piece, so host memory stays bound
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import sys
-import time
 
 from absl import app, flags
+from tqdm import tqdm
 
 from memagent_jax.agent.chunks import iter_text_file, iter_token_pieces
 from memagent_jax.agent.memory_agent import (CHUNK_BOUNDARIES, AgentConfig, AgentTask, MemoryAgent, Trajectory,
@@ -22,6 +23,7 @@ from memagent_jax.agent.memory_agent import (CHUNK_BOUNDARIES, AgentConfig, Agen
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine_sizing import size_engine
+from memagent_jax.progress import progress_bar
 
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Checkpoint folder (HF layout with a tokenizer).")
 _DOCUMENT = flags.DEFINE_string("document", None, "Text file to read (any size; invalid UTF-8 is replaced).")
@@ -39,21 +41,39 @@ _TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0: 
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
-class _Progress:
-    """One status line on stderr: chunks read, tokens, and how far through the file."""
+class _ChunkProgress:
+    """A bar of chunks answered (memory updates done), with the document tokens read so far.
 
-    def __init__(self, total_bytes: int):
+    The document is streamed, so its chunk count is not known up front: the bar's total is extrapolated
+    from the tokens per byte read so far, and is exact once the whole file has been read (with line
+    boundaries, chunks may hold fewer tokens than chunk_size and the total grows as they are answered).
+    The bar appears with the first tokens read, when the first estimate exists."""
+
+    def __init__(self, total_bytes: int, chunk_size: int):
         self.total_bytes = max(total_bytes, 1)
+        self.chunk_size = chunk_size
         self.bytes_read = 0
         self.tokens = 0
-        self.started = time.perf_counter()
+        self.bar: tqdm | None = None
 
-    def __call__(self, trajectory: Trajectory, chunks_done: int) -> None:
-        share = min(1.0, self.bytes_read / self.total_bytes)
-        bar = "#" * int(share * 30)
-        elapsed = time.perf_counter() - self.started
-        sys.stderr.write(f"\r[{bar:<30}] {share:6.1%}  chunk {chunks_done}  {self.tokens:,} tokens  {elapsed:.0f}s")
-        sys.stderr.flush()
+    def _estimated_chunks(self, chunks_done: int) -> int:
+        share_read = min(1.0, self.bytes_read / self.total_bytes)
+        estimated_tokens = self.tokens / share_read if share_read > 0 else 0
+        return max(chunks_done, math.ceil(estimated_tokens / self.chunk_size))
+
+    def tokens_read(self, count: int) -> None:
+        self.tokens += count
+        if self.bar is None:
+            self.bar = progress_bar(self._estimated_chunks(0), "chunks", unit="chunk")
+
+    def chunk_done(self, chunks_done: int) -> None:
+        self.bar.total = self._estimated_chunks(chunks_done)
+        self.bar.set_postfix_str(f"{self.tokens:,} tokens read", refresh=False)
+        self.bar.update(chunks_done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def answer_document(checkpoint: str | os.PathLike, document: str | os.PathLike, question: str,
@@ -76,7 +96,7 @@ def answer_document(checkpoint: str | os.PathLike, document: str | os.PathLike, 
                          f"model has {model.cfg.max_position_embeddings}: lower --chunk_size or --max_memory_tokens")
     engine = Engine(model, engine_config)
     agent = MemoryAgent(engine, tokenizer, config, prompts)
-    progress = _Progress(document.stat().st_size)
+    progress = _ChunkProgress(document.stat().st_size, config.chunk_size)
     replaced = [0]
 
     def texts():
@@ -87,18 +107,18 @@ def answer_document(checkpoint: str | os.PathLike, document: str | os.PathLike, 
 
     def pieces():
         for ids in iter_token_pieces(texts(), tokenizer):
-            progress.tokens += len(ids)
+            progress.tokens_read(len(ids))
             yield ids
 
     def on_progress(trajectory: Trajectory, chunks_done: int) -> None:
-        progress(trajectory, chunks_done)
-        if show_memory:
-            sys.stderr.write("\n")
-            print(f"--- memory after chunk {chunks_done} ---\n{trajectory.memories[-1]}", flush=True)
+        progress.chunk_done(chunks_done)
+        if show_memory:  # tqdm.write keeps a bar on the terminal below the printed memory
+            tqdm.write(f"--- memory after chunk {chunks_done} ---\n{trajectory.memories[-1]}", file=sys.stdout)
+            sys.stdout.flush()
 
     [trajectory] = agent.run([AgentTask("document", question, pieces)], on_progress=on_progress,
                              keep_prompts=False)
-    sys.stderr.write("\n")
+    progress.close()
     if replaced[0]:
         print(f"note: {replaced[0]} bytes of {document} were not valid UTF-8 and were replaced by U+FFFD",
               file=sys.stderr)

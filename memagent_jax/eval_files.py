@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
@@ -24,6 +23,7 @@ from memagent_jax.agent.verify import best_of, boxed_reward, exact_match, extrac
 from memagent_jax.data.document import Sample
 from memagent_jax.eval_data import EvalFile
 from memagent_jax.eval_store import ResultStore, sample_key
+from memagent_jax.progress import progress_bar
 
 __all__ = ["SAMPLING", "FileEvalConfig", "Progress", "evaluate_files", "open_evaluation", "score_sample"]
 
@@ -77,25 +77,29 @@ def score_sample(sample: Sample, trajectories: Sequence[Trajectory], metric: str
 
 
 class Progress:
-    """One status line on stderr: samples done, document tokens read, tokens/s and an ETA.
+    """A bar of samples done (memagent_jax.progress, on stderr) with document tokens read, tokens/s and an ETA.
 
     The ETA turns the characters still to read into tokens with the ratio seen so far (before the first
-    sample ends, the ratio measured on a piece of the first document). On a terminal the line redraws in
-    place; in a log, a line every 30 s."""
+    sample ends, the ratio measured on a piece of the first document): samples differ in length, so tqdm's
+    own per-sample estimate is left off the line."""
 
-    def __init__(self, stream: IO[str] | None = None, every_s: float | None = None):
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self.every_s = every_s if every_s is not None else (0.5 if self.tty else 30.0)
+    # tqdm's default line without its remaining-time estimate; the postfix carries ours.
+    BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar:24}| {n_fmt}/{total_fmt} samples [{elapsed}{postfix}]"
+
+    def __init__(self, stream: IO[str] | None = None):
+        self.stream = stream  # None: stderr, looked up when a bar starts
         self.tokens = 0  # document tokens read in this run (every rollout reads the same chunk once)
+        self._bar: Any = None
 
     def start(self, name: str, samples: int, chars: int, tokens_per_char: float = 0.25) -> None:
-        self.name, self.total, self.done, self.chars_left = name, samples, 0, chars
+        self.close()
+        self.total, self.done, self.chars_left = samples, 0, chars
         self.tokens_per_char = tokens_per_char
         self.done_chars = self.done_tokens = 0
         self._tokens_at_start = self.tokens
         self.started = self._shown = time.perf_counter()
-        self.show(force=True)
+        self._bar = progress_bar(samples, f"[{name}]", unit="sample", stream=self.stream,
+                                 bar_format=self.BAR_FORMAT)
 
     def read(self, n: int) -> None:
         self.tokens += n
@@ -103,25 +107,33 @@ class Progress:
     def sample_done(self, chars: int, tokens: int) -> None:
         self.done, self.chars_left = self.done + 1, self.chars_left - chars
         self.done_chars, self.done_tokens = self.done_chars + chars, self.done_tokens + tokens
-        self.show(force=self.done == self.total)
+        self._bar.set_postfix_str(self._postfix(), refresh=False)
+        self._bar.update(1)
+        if self.done == self.total:
+            self.close()
 
-    def show(self, force: bool = False) -> None:
+    def show(self) -> None:
+        """Redraws the tokens read so far between samples (as often as the bar itself redraws)."""
         now = time.perf_counter()
-        if not force and now - self._shown < self.every_s:
+        if self._bar is None or now - self._shown < self._bar.mininterval:
             return
         self._shown = now
+        self._bar.set_postfix_str(self._postfix(), refresh=False)
+        self._bar.refresh()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def _postfix(self) -> str:
+        now = time.perf_counter()
         read = self.tokens - self._tokens_at_start
         rate = read / (now - self.started) if now > self.started else 0.0
         per_char = self.done_tokens / self.done_chars if self.done_chars else self.tokens_per_char
         left = max(0.0, self.chars_left * per_char - (read - self.done_tokens))
         eta = _clock(left / rate) if rate > 0 else "?"
-        share = self.done / self.total if self.total else 1.0
-        line = (f"[{self.name}] [{'#' * int(share * 24):<24}] {self.done}/{self.total} samples  "
-                f"{read:,} doc tokens  {rate:,.0f} tok/s  ETA {eta}")
-        self.stream.write(f"\r{line}\033[K" if self.tty else line + "\n")
-        if self.tty and self.done == self.total:
-            self.stream.write("\n")
-        self.stream.flush()
+        return f"{read:,} doc tokens, {rate:,.0f} tok/s, ETA {eta}"
 
 
 def _clock(seconds: float) -> str:
@@ -172,6 +184,7 @@ def evaluate_files(named: Mapping[str, str | os.PathLike], files: Sequence[EvalF
         for batch in _batches(todo, cfg.batch):
             _run_batch(name, agent, batch, cfg, store, progress)
         samples_run += len(todo)
+    progress.close()
     seconds = time.perf_counter() - started
     tokens = progress.tokens - tokens_before
     return {"samples": samples_run, "document_tokens": tokens, "seconds": seconds,

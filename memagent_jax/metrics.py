@@ -1,30 +1,26 @@
-"""Training and evaluation metrics: JSONL + TensorBoard scalar logs, a console progress bar, FLOPs and MFU.
+"""Training and evaluation metrics: JSONL + TensorBoard scalar logs, FLOPs and MFU.
 
 MetricsWriter writes each step's scalars twice:
 
 * ``<dir>/metrics.jsonl``: one JSON object per line, flushed on every write, easy to read back
   (``read_jsonl``) for tests and evaluation tables.
-* ``<dir>/tensorboard/events.out.tfevents.<time>.<hostname>.memagent``: a TensorBoard event file.
-  It is written by hand (TFRecord framing, CRC32C, protobuf wire format) so that neither
-  TensorFlow nor TensorBoard has to be installed on a training machine.
+* ``<dir>/tensorboard/events.out.tfevents.<time>.<hostname>.<id>.memagent``: a TensorBoard event file
+  written by tensorboardX (no TensorFlow needed), one Event per write holding every scalar.
 
 The FLOPs/MFU helpers follow the PaLM paper's accounting (Chowdhery et al. 2022, appendix B).
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import operator
 import os
 import pathlib
 import re
-import socket
-import struct
-import sys
 import time
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Mapping
 from typing import IO, Any
 
 import jax
@@ -34,7 +30,6 @@ import numpy as np
 __all__ = [
     "MetricsWriter",
     "read_jsonl",
-    "ProgressBar",
     "model_flops_per_token",
     "PEAK_FLOPS",
     "device_peak_flops",
@@ -43,102 +38,14 @@ __all__ = [
 
 JSONL_NAME = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+# tensorboardX writes events from a background thread; this bounds how long they wait to reach the disk.
+TENSORBOARD_FLUSH_S = 2
 
 # Keys every JSONL record carries; a scalar with one of these names would silently overwrite them.
 _RESERVED_KEYS = ("step", "time")
 
 # JSON has no NaN/Infinity literals; these strings keep each line valid JSON and read back as floats.
 _STR_TO_NONFINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
-
-
-# --------------------------------------------------------------------------------------------------
-# CRC32C and TFRecord framing
-# --------------------------------------------------------------------------------------------------
-
-def _make_crc32c_table() -> tuple[int, ...]:
-    # Castagnoli polynomial, bit-reflected (LSB-first), as TFRecord uses.
-    poly = 0x82F63B78
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ poly if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC32C_TABLE = _make_crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC-32C (Castagnoli) of ``data``; event records are small, so a table-driven loop is fast enough."""
-    crc = 0xFFFFFFFF
-    table = _CRC32C_TABLE
-    for byte in data:
-        crc = table[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc32c(data: bytes) -> int:
-    # TFRecord stores a rotated-and-offset CRC so that a CRC of data that itself holds CRCs stays well mixed.
-    crc = crc32c(data)
-    return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _tfrecord(data: bytes) -> bytes:
-    """One TFRecord: uint64 length, masked CRC of the length, data, masked CRC of the data (all little-endian)."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", _masked_crc32c(length)) + data + struct.pack("<I", _masked_crc32c(data))
-
-
-# --------------------------------------------------------------------------------------------------
-# Protobuf wire format for tensorflow.Event / Summary / Summary.Value
-# --------------------------------------------------------------------------------------------------
-
-def _varint(value: int) -> bytes:
-    # int64 fields encode negatives as their 64-bit two's complement (10 bytes).
-    value &= 0xFFFFFFFFFFFFFFFF
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return _varint((field << 3) | wire_type)
-
-
-def _length_delimited(field: int, payload: bytes) -> bytes:
-    return _key(field, 2) + _varint(len(payload)) + payload
-
-
-def _float32(value: float) -> bytes:
-    try:
-        return struct.pack("<f", value)
-    except OverflowError:  # finite doubles beyond float32 range: TensorBoard's field is a float, so saturate
-        return struct.pack("<f", math.copysign(math.inf, value))
-
-
-def _summary_value(tag: str, value: float) -> bytes:
-    # Summary.Value: 1 = tag (string), 2 = simple_value (float, wire type 5).
-    return _length_delimited(1, tag.encode("utf-8")) + _key(2, 5) + _float32(value)
-
-
-def _event(wall_time: float, step: int, *, file_version: str | None = None,
-           scalars: Mapping[str, float] | None = None) -> bytes:
-    # Event: 1 = wall_time (double, wire type 1), 2 = step (int64 varint), 3 = file_version, 5 = summary.
-    out = _key(1, 1) + struct.pack("<d", wall_time) + _key(2, 0) + _varint(step)
-    if file_version is not None:
-        out += _length_delimited(3, file_version.encode("utf-8"))
-    if scalars is not None:
-        summary = b"".join(_length_delimited(1, _summary_value(tag, value)) for tag, value in scalars.items())
-        out += _length_delimited(5, summary)
-    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -167,8 +74,9 @@ class MetricsWriter:
 
     ``enabled=False`` (every process but 0 in a multi-host run) turns every method into a no-op and
     creates no directory or file. ``metrics.jsonl`` is opened for appending so a resumed run continues
-    the same file; each run gets its own TensorBoard event file, which TensorBoard merges by step.
-    Not thread-safe: call it from one thread.
+    the same file; each writer gets its own TensorBoard event file (a unique name, even for two writers
+    started in the same second), which TensorBoard merges by step. TensorBoard events reach the disk
+    within TENSORBOARD_FLUSH_S seconds and all of them by ``close()``. Not thread-safe: call it from one thread.
     """
 
     def __init__(self, directory: str | os.PathLike, *, enabled: bool = True, tensorboard: bool = True,
@@ -176,7 +84,7 @@ class MetricsWriter:
         self.directory = pathlib.Path(directory)
         self.enabled = enabled
         self._jsonl: IO[str] | None = None
-        self._events: IO[bytes] | None = None
+        self._events: Any = None  # a tensorboardX.FileWriter
         self._closed = False
         self.jsonl_path: pathlib.Path | None = None
         self.event_path: pathlib.Path | None = None
@@ -187,23 +95,14 @@ class MetricsWriter:
             self.jsonl_path = self.directory / JSONL_NAME
             self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
         if tensorboard:
-            self._events, self.event_path = self._open_event_file(self.directory / TENSORBOARD_DIR)
-            # TensorBoard recognises the file by this first record.
-            self._events.write(_tfrecord(_event(time.time(), 0, file_version="brain.Event:2")))
-            self._events.flush()
+            import tensorboardX  # here, not at the top: it imports torch when torch is installed (~1 s)
 
-    @staticmethod
-    def _open_event_file(tb_dir: pathlib.Path) -> tuple[IO[bytes], pathlib.Path]:
-        tb_dir.mkdir(parents=True, exist_ok=True)
-        hostname = socket.gethostname() or "localhost"
-        stamp = int(time.time())
-        while True:
-            path = tb_dir / f"events.out.tfevents.{stamp:010d}.{hostname}.memagent"
-            try:
-                # Exclusive create: two writers started in the same second must not share a file.
-                return open(path, "xb"), path
-            except FileExistsError:
-                stamp += 1
+            tb_dir = self.directory / TENSORBOARD_DIR
+            # tensorboardX names the file by the second and the host: the suffix keeps two writers apart.
+            suffix = f".{uuid.uuid4().hex[:12]}.memagent"
+            self._events = tensorboardX.FileWriter(str(tb_dir), flush_secs=TENSORBOARD_FLUSH_S,
+                                                   filename_suffix=suffix)
+            [self.event_path] = tb_dir.glob(f"events.out.tfevents.*{suffix}")
 
     def write(self, step: int, scalars: Mapping[str, float | int | np.number | jax.Array]) -> None:
         """Record ``scalars`` at ``step``: one JSONL line and one TensorBoard Event holding every value."""
@@ -228,21 +127,26 @@ class MetricsWriter:
             self._jsonl.write(json.dumps(record, allow_nan=False) + "\n")
             self._jsonl.flush()  # a crash loses at most the line being written
         if self._events is not None:
-            self._events.write(_tfrecord(_event(now, step, scalars=values)))
-            self._events.flush()
+            # simple_value is a float32 field: finite doubles beyond its range are stored as +-inf.
+            from tensorboardX.proto.summary_pb2 import Summary
+
+            summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
+            self._events.add_summary(summary, global_step=step, walltime=now)
 
     def flush(self) -> None:
-        for stream in (self._jsonl, self._events):
-            if stream is not None:
-                stream.flush()
+        if self._jsonl is not None:
+            self._jsonl.flush()
+        if self._events is not None:
+            self._events.flush()
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        for stream in (self._jsonl, self._events):
-            if stream is not None:
-                stream.close()
+        if self._jsonl is not None:
+            self._jsonl.close()
+        if self._events is not None:
+            self._events.close()  # writes every queued event, then closes the file
         self._jsonl = self._events = None
 
     def __enter__(self) -> MetricsWriter:
@@ -277,121 +181,6 @@ def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
             raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
         records.append({k: _STR_TO_NONFINITE.get(v, v) if isinstance(v, str) else v for k, v in record.items()})
     return records
-
-
-# --------------------------------------------------------------------------------------------------
-# ProgressBar
-# --------------------------------------------------------------------------------------------------
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError, io.UnsupportedOperation):
-        return False
-
-
-class ProgressBar:
-    """Console progress for long loops: ``desc 12/100 [12%] 3.4 it/s loss=0.123``.
-
-    On a terminal the line is redrawn in place (``\\r``) at most every ``min_interval_s``. Elsewhere
-    (log files, CI) a full line is printed each time another 10% of ``total`` is done, or after 30 s
-    without a line, so logs stay short and readable. ``close()`` prints the final state.
-    """
-
-    LOG_INTERVAL_S = 30.0
-    LOG_FRACTION = 0.1
-
-    def __init__(self, total: int | None, description: str = "", stream: IO[str] | None = None,
-                 enabled: bool = True, min_interval_s: float = 0.2, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        # stream defaults to sys.stderr looked up now, not at import, so redirected stderr is honoured.
-        self.stream = sys.stderr if stream is None else stream
-        self.total = total
-        self.description = description
-        self.enabled = enabled
-        self.min_interval_s = min_interval_s
-        self.count = 0
-        self.postfix: dict[str, float | str] = {}
-        self._clock = clock
-        self._start = clock()
-        self._tty = _isatty(self.stream)
-        self._last_draw = -math.inf  # clock time of the last line or redraw
-        self._drawn_count: int | None = None  # count shown by the last line or redraw
-        self._next_log_milestone = 1  # non-TTY: next multiple of 10% of total to report
-        self._line_width = 0
-        self._closed = False
-
-    def format(self) -> str:
-        elapsed = self._clock() - self._start
-        parts = [self.description] if self.description else []
-        if self.total is not None:
-            parts.append(f"{self.count}/{self.total}")
-            if self.total > 0:
-                parts.append(f"[{100 * self.count / self.total:.0f}%]")
-        else:
-            parts.append(str(self.count))
-        parts.append(f"{self.count / elapsed:.3g} it/s" if elapsed > 0 else "? it/s")
-        for key, value in self.postfix.items():
-            shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-            parts.append(f"{key}={shown}")
-        return " ".join(parts)
-
-    def update(self, n: int = 1, **postfix: float | str) -> None:
-        if not self.enabled or self._closed:
-            return
-        self.count += n
-        self.postfix.update(postfix)
-        now = self._clock()
-        done = self.total is not None and self.count >= self.total
-        if self._tty:
-            if done or now - self._last_draw >= self.min_interval_s:
-                self._redraw(now)
-            return
-        reached_milestone = False
-        if self.total is not None and self.total > 0:
-            # Printing once per crossed 10% step even if one update jumps several of them.
-            milestone = math.floor(self.count / (self.total * self.LOG_FRACTION))
-            if milestone >= self._next_log_milestone:
-                self._next_log_milestone = milestone + 1
-                reached_milestone = True
-        start_or_last = self._start if self._drawn_count is None else self._last_draw
-        if reached_milestone or now - start_or_last >= self.LOG_INTERVAL_S:
-            self._print_line(now)
-
-    def _redraw(self, now: float) -> None:
-        line = self.format()
-        # Pad with spaces so a shorter line fully covers the previous one.
-        self.stream.write("\r" + line + " " * max(0, self._line_width - len(line)))
-        self.stream.flush()
-        self._line_width = len(line)
-        self._last_draw = now
-        self._drawn_count = self.count
-
-    def _print_line(self, now: float) -> None:
-        self.stream.write(self.format() + "\n")
-        self.stream.flush()
-        self._last_draw = now
-        self._drawn_count = self.count
-
-    def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        if not self.enabled:
-            return
-        now = self._clock()
-        if self._tty:
-            self._redraw(now)  # the final count and postfix, even if the last redraw was throttled
-            self.stream.write("\n")
-            self.stream.flush()
-        elif self._drawn_count != self.count:
-            self._print_line(now)
-
-    def __enter__(self) -> ProgressBar:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -27,9 +27,10 @@ from memagent_jax.data.mixture import MixtureSource
 from memagent_jax.data.pipeline import make_pipeline
 from memagent_jax.data.sources import SourceError, build_sources, parse_sources
 from memagent_jax.engine.engine import Engine
-from memagent_jax.metrics import MetricsWriter, ProgressBar, device_peak_flops, mfu, model_flops_per_token
+from memagent_jax.metrics import MetricsWriter, device_peak_flops, mfu, model_flops_per_token
 from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.progress import progress_bar
 from memagent_jax.rl.config import RunSettings, copy_settings, run_settings
 from memagent_jax.rl.copy_warmup import CopyBatches
 from memagent_jax.rl.policy import Policy
@@ -196,8 +197,8 @@ class TrainingRun:
             checkpointer.close()
             return
         step_fn = self._step_function(phase, policy, data)
-        progress = ProgressBar(section.steps, phase, enabled=self.is_main and self.config.metrics.progress)
-        progress.update(start)
+        progress = progress_bar(section.steps, phase, unit="step", initial=start,
+                                enabled=self.config.metrics.progress)
         for step in range(start, section.steps):
             rng, step_key = jax.random.split(rng)
             metrics = step_fn(step, int(jax.random.randint(step_key, (), 0, 2**31 - 1)))
@@ -209,7 +210,8 @@ class TrainingRun:
             self._flops_metrics(policy, metrics)
             self.writer.write(step + 1, {f"{phase}/{k}": v for k, v in metrics.items()})
             shown = {k: metrics[k] for k in ("nll", "reward_mean", "accuracy", "loss") if k in metrics}
-            progress.update(1, **shown)
+            progress.set_postfix(shown, refresh=False)
+            progress.update(1)
             checkpointer.save(step + 1, state(), rng=rng, data_state=data.get_state(),
                               config=self.config.to_dict(), metadata={"phase": phase},
                               force=step + 1 == section.steps)
@@ -306,10 +308,14 @@ class TrainingRun:
                  if (self.workdir / folder).is_dir()}
         if self.eval_files:
             return self._evaluate_files(named)
-        progress = ProgressBar(len(named) * len(cfg.tasks) * len(cfg.lengths), "eval",
-                               enabled=self.config.metrics.progress)
-        results = evaluate_checkpoints(named, cfg, on_progress=lambda name, cell: progress.update(
-            1, last=f"{name} {cell['task']} {cell['length']}: {cell['accuracy']:.2f}"))
+        progress = progress_bar(len(named) * len(cfg.tasks) * len(cfg.lengths), "eval", unit="cell",
+                                enabled=self.config.metrics.progress)
+
+        def cell_done(name: str, cell: dict[str, Any]) -> None:
+            progress.set_postfix(last=f"{name} {cell['task']} {cell['length']}: {cell['accuracy']:.2f}", refresh=False)
+            progress.update(1)
+
+        results = evaluate_checkpoints(named, cfg, on_progress=cell_done)
         progress.close()
         write_results(results, cfg, self.workdir / "eval")
         self.writer.write(self.config.rl.steps, {f"eval/{name}/{cell['task']}/{cell['length']}": cell["accuracy"]

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
@@ -32,14 +31,22 @@ def test_cosine_and_linear_decay_reach_the_end_rate():
         assert float(schedule(60)) < 1.0
 
 
-def test_gradients_are_clipped_to_the_global_norm():
-    optimizer = make_optimizer(OptimizerConfig(learning_rate=1.0, warmup_steps=0, grad_clip=1.0, weight_decay=0.0,
-                                               b1=0.0, b2=0.0, eps=1e-12))
-    params = {"w": jnp.zeros(4)}
-    # With b1 = b2 = 0 Adam's step is sign-like, so test the clip on its own first link.
-    clip = optimizer.init(params)[0]
-    updates, _ = optax.clip_by_global_norm(1.0).update({"w": jnp.full(4, 10.0)}, clip)
-    assert float(optax.tree.norm(updates)) == pytest.approx(1.0)
+def test_the_real_optimizer_clips_to_the_global_norm():
+    """make_optimizer's own chain, checked against NumPy: the gradient reaching Adam is
+    grads * min(1, clip / ||grads||), so a make_optimizer that lost its clip fails here."""
+    grads = {"a": np.array([3.0, -4.0, 12.0], np.float32), "b": np.array([[20.0, 0.5]], np.float32)}
+    norm = np.sqrt(sum(np.sum(np.square(g)) for g in grads.values()))
+    eps = 1.0  # a large eps makes Adam's first step g / (|g| + eps) depend on the gradient's scale
+    for clip, scale in ((1.0, 1.0 / norm), (100.0, 1.0), (0.0, 1.0)):  # clipped; under the limit; 0 = off
+        optimizer = make_optimizer(OptimizerConfig(learning_rate=1.0, warmup_steps=0, grad_clip=clip,
+                                                   weight_decay=0.0, b1=0.0, b2=0.5, eps=eps))
+        params = {k: jnp.zeros_like(v) for k, v in grads.items()}
+        updates, _ = optimizer.update({k: jnp.asarray(v) for k, v in grads.items()}, optimizer.init(params), params)
+        for key, grad in grads.items():
+            clipped = grad * scale
+            # Adam's first step with bias correction: m_hat = g, v_hat = g^2 (whatever b1, b2).
+            want = -clipped / (np.abs(clipped) + eps)
+            np.testing.assert_allclose(np.asarray(updates[key]), want, rtol=1e-5, err_msg=f"{key}, clip {clip}")
 
 
 def test_optimizer_state_is_sharded_like_the_params():

@@ -63,15 +63,26 @@ def test_dynamic_sampling_drops_uniform_groups_and_refills(parts):
         assert (a == b).all()
 
 
+def _leaves_differ(a, b):
+    return any(not (x == y).all() for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
 def test_without_dynamic_sampling_uniform_groups_still_train_and_weights_reach_the_engine(parts):
     tokenizer, model, agent, mesh = parts
     policy = Policy(model, mesh, DEFAULT_RULES, OptimizerConfig(learning_rate=1e-2, warmup_steps=0),
                     UpdateConfig(max_segments=8), BatchShape(row_len=384, rows_per_micro=4))
     config = RLConfig(group_size=2, batch_size=2, mini_batch_size=1, experience=ExperienceConfig(overlong="none"))
     trainer = GRPOTrainer(policy, agent, config)
+    initial = jax.tree.map(lambda x: x.copy(), policy.params)
     metrics = trainer.step(_data(tokenizer, 2), step=0)
     assert metrics["groups_trained"] == 2 and metrics["updates"] == 2
     assert metrics["sequences"] == metrics["conversations_per_trajectory"] * 4
+    # The uniform groups' tokens reached the loss, and the updates moved the weights (zero advantages and a
+    # KL of zero at the reference leave AdamW's weight decay, which still changes every decayed weight).
+    assert metrics["loss_tokens"] > 0
+    assert _leaves_differ(initial, policy.params)
+    # The engine holds the trained weights: equal to the policy's and so different from the initial ones.
     assert agent.engine.stats.weight_updates >= 1
     for a, b in zip(jax.tree.leaves(policy.params), jax.tree.leaves(agent.engine.weights)):
         assert (a == b).all()
+    assert _leaves_differ(initial, agent.engine.weights)

@@ -3,8 +3,9 @@
 Loading validates every file header against the config before a single array is created, then reads
 each tensor through a memory map of its file and builds it with `jax.make_array_from_callback`, so each
 device receives only its own slice and no model is ever materialised whole on one device. Saving gathers
-one parameter at a time and writes the HF layout into a temporary sibling folder that is renamed into
-place at the end (a crash never leaves a half-written checkpoint).
+one parameter at a time into the HF layout, holds one shard's worth on the host, writes each shard with the
+safetensors library into a temporary sibling folder, and renames the folder into place at the end (a crash
+never leaves a half-written checkpoint).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import safetensors.numpy
 from flax import nnx
 from jax.sharding import Mesh
 
@@ -465,23 +467,20 @@ def _plan_shards(sizes: list[tuple[str, int]], max_shard_bytes: int) -> list[lis
     return shards
 
 
-def _header_bytes(entries: list[tuple[str, str, tuple[int, ...], int]]) -> bytes:
-    """safetensors header for (name, dtype tag, shape, nbytes) in file order, padded to 8 bytes."""
-    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
-    offset = 0
-    for name, tag, shape, nbytes in entries:
-        header[name] = {"dtype": tag, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
-        offset += nbytes
-    body = json.dumps(header, separators=(",", ":")).encode()
-    body += b" " * (-len(body) % 8)
-    return len(body).to_bytes(8, "little") + body
-
-
 def _write_fsync(path: Path, data: bytes) -> None:
     with open(path, "wb") as f:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
+
+
+def _fsync(path: Path) -> None:
+    """Forces a file another writer closed onto the disk before the folder is renamed into place."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_hf_checkpoint(
@@ -496,7 +495,8 @@ def save_hf_checkpoint(
 
     dtype: the stored weight dtype (default: the model's compute dtype, its own: float32 master weights of a
     bfloat16 model are written rounded to bfloat16, as the checkpoint it came from). One parameter at a time is
-    gathered to the host. Everything is written to a temporary sibling and renamed into place at the end.
+    gathered to the host, and one shard (max_shard_bytes) is held there until it is written. Everything is
+    written to a temporary sibling and renamed into place at the end.
     """
     target = Path(directory)
     if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not overwrite)):
@@ -518,16 +518,17 @@ def save_hf_checkpoint(
     try:
         os.chmod(tmp, 0o755)
         for file, shard in zip(files, shards):
-            with open(tmp / file, "wb") as f:
-                f.write(_header_bytes([(n, _TAGS[store], shapes[n], nbytes[n]) for n in shard]))
-                for name in shard:
-                    t = by_hf[name]
-                    host = np.asarray(jax.device_get(variables[t.ours].get_value()))
-                    data = _copy(t.layout.to_hf(host), store)  # transposed and cast in one pass
-                    f.write(memoryview(data.reshape(-1).view(np.uint8)))
-                    del host, data
-                f.flush()
-                os.fsync(f.fileno())
+            # One shard on the host at a time (at most max_shard_bytes, or one bigger tensor): safetensors
+            # writes a file from all its arrays at once, straight from their buffers (no second copy).
+            arrays = {}
+            for name in shard:
+                t = by_hf[name]
+                host = np.asarray(jax.device_get(variables[t.ours].get_value()))
+                arrays[name] = _copy(t.layout.to_hf(host), store)  # transposed and cast in one pass
+                del host
+            safetensors.numpy.save_file(arrays, tmp / file, metadata={"format": "pt"})
+            del arrays
+            _fsync(tmp / file)
         if len(files) > 1:
             index = {"metadata": {"total_size": sum(nbytes.values())},
                      "weight_map": {n: file for file, shard in zip(files, shards) for n in shard}}

@@ -129,6 +129,9 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
         updates, new_opt_state = optimizer.update(grads, opt_state, params)
         new_params = optax.apply_updates(params, updates)
         # Skip a bad step: keep the old values bit for bit (the select costs one pass over the weights).
+        # Not optax.apply_if_finite: it looks at the gradients only (a NaN loss with finite gradients would
+        # train), applies the bad update after max_consecutive_errors, and wraps the optimizer state in its
+        # own, so checkpoints saved before would no longer restore.
         keep = lambda new, old: jnp.where(finite, new, old)
         new_params = jax.tree.map(keep, new_params, params)
         new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
