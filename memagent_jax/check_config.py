@@ -3,7 +3,8 @@
 run's total device count) and --device_gb it also prints the per-device memory budget on that many devices,
 computed abstractly (no device of that kind needed), and fails when it cannot fit.
 
-    python -m memagent_jax.check_config --config=configs/qwen2_5_14b_tpu_v5p.py --devices=32 --device_gb=95
+    memagent-check-config --config=configs/qwen2_5_14b_tpu_v5p.py --devices=32 --device_gb=95
+    (or python -m memagent_jax.check_config ...)
 
 The launch scripts' dry-run mode runs this (launch/README.md).
 """
@@ -68,5 +69,10 @@ def main(argv: list[str]) -> None:
     print("config OK")
 
 
+def run() -> None:
+    """Console-script entry point (memagent-check-config)."""
+    configuration.run_main(main, __name__)
+
+
 if __name__ == "__main__":
-    configuration.run_main(main)
+    run()

@@ -13,10 +13,11 @@ import runpy
 from typing import Any, Callable, Sequence
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
+from memagent_jax import commands
 from memagent_jax.model.config import ModelConfig, RopeScaling, get_preset
 from memagent_jax.model.sharding import DEFAULT_RULES, MESH_AXES, rules_from_config
 
@@ -221,9 +222,10 @@ def absl_flags_parser(argv: Sequence[str]) -> list[str]:
         raise SystemExit(f"error: {err}") from None
 
 
-def run_main(main: Callable[[list[str]], None]) -> None:
-    """absl.app.run with config-aware flag parsing; a ConfigError raised while building the run (a bad
-    combination of fields) is printed as one line, like a flag error, instead of a traceback."""
+def run_main(main: Callable[[list[str]], None], module_name: str = "__main__") -> None:
+    """absl.app.run with config-aware flag parsing for the command `module_name` (its `__name__`, so that
+    --help lists its flags and --config under a console script too); a ConfigError raised while building the
+    run (a bad combination of fields) is printed as one line, like a flag error, instead of a traceback."""
 
     def guarded(argv: list[str]) -> None:
         try:
@@ -231,4 +233,4 @@ def run_main(main: Callable[[list[str]], None]) -> None:
         except ConfigError as err:
             raise SystemExit(f"error: {err}") from None
 
-    app.run(guarded, flags_parser=absl_flags_parser)
+    commands.run_app(guarded, module_name, flags_parser=absl_flags_parser, key_flags=("config",))
