@@ -56,5 +56,16 @@ setup(
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
-    entry_points={"console_scripts": ["memagent-answer=memagent_jax.answer:run"]},
+    # Every command, also runnable as `python -m memagent_jax.<module>` (tests/test_commands.py runs both).
+    entry_points={"console_scripts": [
+        "memagent-train=memagent_jax.train:run",
+        "memagent-evaluate=memagent_jax.evaluate:run",
+        "memagent-answer=memagent_jax.answer:run",
+        "memagent-check-config=memagent_jax.check_config:run",
+        "memagent-sweep=memagent_jax.sweep:run",
+        "memagent-build-hotpotqa=memagent_jax.data.hotpotqa:main",
+        "memagent-build-hotpotqa-train=memagent_jax.data.hotpotqa_train:main",
+        "memagent-build-ruler-qa=memagent_jax.data.ruler_qa:main",
+        "memagent-export-tasks=memagent_jax.data.export:main",
+    ]},
 )

@@ -69,7 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
         "optimizer": optimizer_section(3e-3, 20)})
     # Two GRPO steps fit the 30-minute budget: a step of 4 samples x 4 rollouts on 1-2K documents takes ~40 s on
     # 2 cores (the first ~2 minutes: it compiles the engine and the update); 6 steps took the whole run to 32
-    # minutes (BENCHMARKS.md "Digit pairs"). Raise rl.steps where time allows.
+    # minutes (BENCHMARKS.md "Digit pairs"). Raise rl.steps where time allows. rl.loss.dual_clip and tis_cap set to
+    # ml_collections' placeholder(float) (None) turn them off.
     config.rl = ml_collections.ConfigDict({
         "steps": 2, "batch_size": 4, "mini_batch_size": 2, "num_samples": 100_000,
         "tasks": RULER_TASKS, "lengths": (1024, 2048), "sources": (),
@@ -83,7 +84,7 @@ def get_config() -> ml_collections.ConfigDict:
     # `long` adds 256K and 1M tokens. Results in {workdir}/eval (table.md, accuracy.png, results.json).
     config.eval = ml_collections.ConfigDict({
         "enabled": True, "tasks": RULER_TASKS, "lengths": (1024, 4096, 16384, 65536), "long": False,
-        "samples_per_cell": 8, "batch": 8, "data": (), "sampling": "greedy"})
+        "samples_per_cell": 8, "batch": 8, "data": (), "sampling": "greedy", "on_bad_record": "raise"})
 
     output_sections(config)
 

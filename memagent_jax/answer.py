@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 from tqdm import tqdm
 
+from memagent_jax import commands
 from memagent_jax.agent.chunks import iter_text_file, iter_token_pieces
 from memagent_jax.agent.memory_agent import (CHUNK_BOUNDARIES, AgentConfig, AgentTask, MemoryAgent, Trajectory,
                                               load_sizes)
@@ -145,20 +146,9 @@ def main(argv: list[str]) -> None:
     print(trajectory.answer)
 
 
-def _underscore_flags(argv: list[str]) -> list[str]:
-    """Accepts --show-memory as well as --show_memory (and so for every flag)."""
-    out = []
-    for arg in argv:
-        if arg.startswith("--") and not arg.startswith("---"):
-            name, sep, value = arg[2:].partition("=")
-            arg = "--" + name.replace("-", "_") + sep + value
-        out.append(arg)
-    return out
-
-
 def run() -> None:
-    """Console-script entry point (memagent-answer)."""
-    app.run(main, argv=_underscore_flags(sys.argv))
+    """Console-script entry point (memagent-answer); --show-memory reads as --show_memory (commands.py)."""
+    commands.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 run's total device count) and --device_gb it also prints the per-device memory budget on that many devices,
 computed abstractly (no device of that kind needed), and fails when it cannot fit.
 
-    python -m memagent_jax.check_config --config=configs/qwen2_5_14b_tpu_v5p.py --devices=32 --device_gb=95
+    memagent-check-config --config=configs/qwen2_5_14b_tpu_v5p.py --devices=32 --device_gb=95
+    (or python -m memagent_jax.check_config ...)
 
 The launch scripts' dry-run mode runs this (launch/README.md).
 """
@@ -12,17 +13,19 @@ from __future__ import annotations
 
 import math
 
+import ml_collections
 from absl import flags
 from jax.sharding import AbstractMesh
 
 from memagent_jax import configuration
 
 _CONFIG = configuration.define_config_flag()
-_DEVICES = flags.DEFINE_integer("devices", 0, "Total devices of the target run (0: skip the memory budget).")
-_DEVICE_GB = flags.DEFINE_float("device_gb", 0.0, "Memory of one target device in GB (0: known by kind only).")
+_DEVICES = flags.DEFINE_integer("devices", None, "Total devices of the target run (unset: no memory budget).")
+_DEVICE_GB = flags.DEFINE_float("device_gb", None, "Memory of one target device in GB (unset: "
+                                "config.budget.device_gb).")
 
 
-def summary(config, devices: int = 0, device_gb: float = 0.0) -> str:
+def summary(config: ml_collections.ConfigDict, devices: int | None = None, device_gb: float | None = None) -> str:
     """What the run would do, one line per part; raises ConfigError on any bad section."""
     from memagent_jax.model.sharding import MESH_AXES
     from memagent_jax.rl.config import run_settings
@@ -31,7 +34,7 @@ def summary(config, devices: int = 0, device_gb: float = 0.0) -> str:
     settings = run_settings(config)
     model = configuration.build_model_config(config.model)
     lines = [
-        f"model: {config.model.get('checkpoint') or 'random init'}, {model.num_layers} layers, hidden "
+        f"model: {config.model.checkpoint or 'random init'}, {model.num_layers} layers, hidden "
         f"{model.hidden_size}, {model.num_params / 1e6:.1f}M parameters",
         f"mesh: {dict(config.mesh)}; workdir: {config.workdir}",
         f"phases: copy {config.copy.steps} steps, retrieval {config.retrieval.steps} steps, sft {config.sft.steps} "
@@ -41,7 +44,7 @@ def summary(config, devices: int = 0, device_gb: float = 0.0) -> str:
         f"{settings.agent.max_memory_tokens} tokens; packed rows "
         f"{settings.shape.row_len} x {settings.shape.rows_per_micro}",
     ]
-    if devices:
+    if devices is not None:
         shape = configuration.mesh_shape(config.mesh)
         fill = [a for a, n in shape.items() if n == -1]
         known = math.prod(size for size in shape.values() if size != -1)
@@ -52,12 +55,11 @@ def summary(config, devices: int = 0, device_gb: float = 0.0) -> str:
         elif known != devices:
             raise configuration.ConfigError(f"config.mesh {shape} needs {known} devices, the target has {devices}")
         mesh = AbstractMesh(tuple(shape[a] for a in MESH_AXES), MESH_AXES)
-        device_bytes = device_gb * 1e9 if device_gb else None
-        if device_bytes is None and not config.budget.device_gb:
+        device_gb = device_gb if device_gb is not None else config.budget.device_gb
+        if device_gb is None:
             raise configuration.ConfigError("--devices needs --device_gb (or config.budget.device_gb) to check memory")
-        device_bytes = device_bytes or config.budget.device_gb * 1e9
         lines.append(f"per-device memory on {devices} devices (mesh {shape}):\n"
-                     + check_run_budget(config, settings, mesh, device_bytes=device_bytes))
+                     + check_run_budget(config, settings, mesh, device_bytes=device_gb * 1e9))
     return "\n".join(lines)
 
 
@@ -67,5 +69,10 @@ def main(argv: list[str]) -> None:
     print("config OK")
 
 
+def run() -> None:
+    """Console-script entry point (memagent-check-config)."""
+    configuration.run_main(main, __name__)
+
+
 if __name__ == "__main__":
-    configuration.run_main(main)
+    run()

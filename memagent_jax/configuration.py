@@ -8,13 +8,16 @@ the program with one message naming the key, before anything is built or compile
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import runpy
 from typing import Any, Callable, Sequence
 
 import ml_collections
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+from ml_collections.config_dict import placeholder
 
+from memagent_jax import commands
 from memagent_jax.model.config import ModelConfig, RopeScaling, get_preset
 from memagent_jax.model.sharding import DEFAULT_RULES, MESH_AXES, rules_from_config
 
@@ -27,16 +30,16 @@ def model_section(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
     """All ModelConfig fields of a preset as a ConfigDict, so any of them can be overridden by flag.
 
     `checkpoint`: an HF checkpoint folder; when set, its config.json defines the architecture instead.
+    `rope_scaling`: Llama 3's scaling, or placeholders (None: no scaling) that keep each field's type, so
+    `--config.model.rope_scaling.factor=8.0` still turns it on.
     """
     fields = dataclasses.asdict(get_preset(preset, **overrides))
     scaling = fields.pop("rope_scaling")
     section = ml_collections.ConfigDict(fields)
-    section.preset = preset
     section.checkpoint = ""
-    section.rope_scaling = ml_collections.ConfigDict(
-        scaling or {"factor": 0.0, "low_freq_factor": 0.0, "high_freq_factor": 0.0,
-                    "original_max_position_embeddings": 0}
-    )
+    section.rope_scaling = ml_collections.ConfigDict(scaling or {
+        "factor": placeholder(float), "low_freq_factor": placeholder(float), "high_freq_factor": placeholder(float),
+        "original_max_position_embeddings": placeholder(int)})
     return section
 
 
@@ -58,9 +61,11 @@ def optimizer_section(learning_rate: float, warmup_steps: int, weight_decay: flo
                       grad_clip: float = 1.0, schedule: str = "constant",
                       end_lr_fraction: float = 0.0) -> ml_collections.ConfigDict:
     """Every OptimizerConfig field (rl/optimizer.py): a linear warm-up, then `schedule`; a cosine or linear
-    decay spans the phase's steps (total_steps 0); Adam's moments in float32 (state_dtype)."""
+    decay spans the phase's steps unless total_steps is set (a placeholder: None); Adam's moments in float32
+    (state_dtype)."""
     return ml_collections.ConfigDict({
-        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": schedule, "total_steps": 0,
+        "learning_rate": learning_rate, "warmup_steps": warmup_steps, "schedule": schedule,
+        "total_steps": placeholder(int),
         "end_lr_fraction": end_lr_fraction, "weight_decay": weight_decay, "b1": 0.9, "b2": 0.999, "eps": 1e-8,
         "grad_clip": grad_clip, "state_dtype": "float32"})
 
@@ -94,21 +99,33 @@ def output_sections(config: ml_collections.ConfigDict, checkpoint_every: int = 1
     """Adds the checkpoint and metrics sections every training config has."""
     config.checkpoint = ml_collections.ConfigDict({"every": checkpoint_every, "keep": keep, "async_save": True})
     config.metrics = ml_collections.ConfigDict({"tensorboard": True, "jsonl": True, "progress": True})
-    # Per-device memory checked before the run: device_gb 0 = the detected device; enforce=False only prints.
-    config.budget = ml_collections.ConfigDict({"device_gb": 0.0, "enforce": True})
+    # Per-device memory checked before the run: device_gb unset (None) = the detected device's; enforce=False
+    # only prints.
+    config.budget = ml_collections.ConfigDict({"device_gb": placeholder(float), "enforce": True})
 
 
 def build_model_config(section: ml_collections.ConfigDict) -> ModelConfig:
-    """ModelConfig from a config's `model` section (rope_scaling with factor 0 means none)."""
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    values = {k: v for k, v in section.items() if k in fields}
-    scaling = values.pop("rope_scaling", None)
-    if scaling is not None and scaling["factor"]:
-        values["rope_scaling"] = RopeScaling(**dict(scaling))
+    """ModelConfig from a config's `model` section (every key but `checkpoint` is a ModelConfig field)."""
+    values = {key: value for key, value in section.items() if key != "checkpoint"}
+    values["rope_scaling"] = _rope_scaling(values["rope_scaling"])
     try:
         return ModelConfig(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config.model: {err}") from err
+
+
+def _rope_scaling(section: ml_collections.ConfigDict) -> RopeScaling | None:
+    """None when the factor is unset; its other fields default to RopeScaling's when unset."""
+    given = {key: value for key, value in section.items() if value is not None}
+    if "factor" not in given:
+        if given:
+            raise ConfigError(f"config.model.rope_scaling: {sorted(given)} set but factor is not; set factor to "
+                              "scale, or leave them all unset")
+        return None
+    try:
+        return RopeScaling(**given)
+    except TypeError as err:
+        raise ConfigError(f"config.model.rope_scaling: {err}") from err
 
 
 def build_rules(section: ml_collections.ConfigDict) -> tuple[tuple[str, Any], ...]:
@@ -126,11 +143,17 @@ def mesh_shape(section: ml_collections.ConfigDict) -> dict[str, int]:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Runs a config file's get_config() (for tools and tests; entry points use the flag)."""
+    """Runs a config file's get_config() and checks its keys (config_keys.py): a key no part of the run reads,
+    or one the run needs and the file lacks, is a ConfigError naming it. Every command that takes a config
+    loads it here first, before anything is built."""
+    from memagent_jax.config_keys import check_run_keys  # imports the settings' dataclasses
+
     module = runpy.run_path(path)
     if "get_config" not in module:
         raise ConfigError(f"{path} defines no get_config()")
-    return module["get_config"]()
+    config = module["get_config"]()
+    check_run_keys(config, where=path)
+    return config
 
 
 def define_config_flag(
@@ -149,9 +172,12 @@ def define_config_flag(
 
 
 def _config_path(argv: Sequence[str], name: str) -> str | None:
-    for arg in argv:
+    """The file of --name=FILE or --name FILE (less a `:argument` for get_config)."""
+    for index, arg in enumerate(argv):
         if arg.startswith(f"--{name}="):
             return arg.split("=", 1)[1].split(":", 1)[0]
+        if arg == f"--{name}" and index + 1 < len(argv):
+            return argv[index + 1].split(":", 1)[0]
     return None
 
 
@@ -167,7 +193,9 @@ def _check_override_keys(config: ml_collections.ConfigDict, argv: Sequence[str],
             if not isinstance(node, ml_collections.ConfigDict) or part not in node:
                 where = ".".join(walked) or "the top level"
                 known = sorted(node.keys()) if isinstance(node, ml_collections.ConfigDict) else []
-                raise ConfigError(f"unknown config key '{key}': no field '{part}' under {where}; "
+                close = difflib.get_close_matches(part, known, n=1)
+                hint = f"did you mean '{'.'.join([*walked, close[0]])}'? " if close else ""
+                raise ConfigError(f"unknown config key '{key}': no field '{part}' under {where}; {hint}"
                                   f"known fields there: {known}")
             node = node[part]
             walked.append(part)
@@ -194,9 +222,10 @@ def absl_flags_parser(argv: Sequence[str]) -> list[str]:
         raise SystemExit(f"error: {err}") from None
 
 
-def run_main(main: Callable[[list[str]], None]) -> None:
-    """absl.app.run with config-aware flag parsing; a ConfigError raised while building the run (a bad
-    combination of fields) is printed as one line, like a flag error, instead of a traceback."""
+def run_main(main: Callable[[list[str]], None], module_name: str = "__main__") -> None:
+    """absl.app.run with config-aware flag parsing for the command `module_name` (its `__name__`, so that
+    --help lists its flags and --config under a console script too); a ConfigError raised while building the
+    run (a bad combination of fields) is printed as one line, like a flag error, instead of a traceback."""
 
     def guarded(argv: list[str]) -> None:
         try:
@@ -204,4 +233,4 @@ def run_main(main: Callable[[list[str]], None]) -> None:
         except ConfigError as err:
             raise SystemExit(f"error: {err}") from None
 
-    app.run(guarded, flags_parser=absl_flags_parser)
+    commands.run_app(guarded, module_name, flags_parser=absl_flags_parser, key_flags=("config",))

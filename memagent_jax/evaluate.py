@@ -12,6 +12,8 @@ F1 beside it), string_match_all RULER's synthetic tasks, string_match_part RULER
 sample is appended to <out>/samples.jsonl; rerunning the same command skips what is done. Agent sizes come
 from the flags, else the checkpoint's saved sizes, else the paper's (chunk 5000, memory/answer/question 1024).
 
+`memagent-evaluate` (a console script of setup.py) is the same command.
+
 A checkpoint is NAME=DIR or a bare DIR (named after its folder). Prints one line per (task, length) cell,
 then a markdown table with one accuracy column per checkpoint, and writes results.json, table.md and
 accuracy.png to --out (default: <first checkpoint>/eval). See memagent_jax/evaluation.py for the metrics.
@@ -23,6 +25,7 @@ import pathlib
 
 from absl import app, flags
 
+from memagent_jax import commands
 from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, load_sizes
 from memagent_jax.eval_data import METRICS
 from memagent_jax.eval_files import SAMPLING, FileEvalConfig, Progress, evaluate_files, open_evaluation
@@ -135,5 +138,10 @@ def _main_files() -> None:
     print(f"wrote {', '.join(p.name for p in paths.values())} to {out}")
 
 
+def run() -> None:
+    """Console-script entry point (memagent-evaluate)."""
+    commands.run_app(main, __name__)
+
+
 if __name__ == "__main__":
-    app.run(main)
+    run()

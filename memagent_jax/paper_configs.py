@@ -73,7 +73,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     # the paper's gains appear within the first 150-400.
     # Loss: PPO clip 0.2/0.2 (clip-higher: raise clip_high, e.g. 0.28 as DAPO or 0.3 as a reproduction did),
     # dual clip 3.0, token-mean over the mini-batch, k3 KL to the reference at 0.001, no entropy bonus.
-    # Truncated importance sampling on (tis_cap 2.0; 0 = off): the bfloat16 engine and trainer are two
+    # Truncated importance sampling on (tis_cap 2.0; None = off): the bfloat16 engine and trainer are two
     # programs whose log-probs of the same tokens differ by rounding (benchmarks/logprob_gap.py), and each
     # token's loss is weighted by min(exp(old_logp - sampler_logp), 2) to correct for it.
     config.rl = ml_collections.ConfigDict({
@@ -92,7 +92,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     # {workdir}/export --data 'data/ruler_hqa/*.jsonl'` on any machine (README "Reproduce the paper's table").
     config.eval = ml_collections.ConfigDict({
         "enabled": False, "tasks": ("multihop_qa",), "lengths": (7000, 28000, 112000), "long": False,
-        "samples_per_cell": 16, "batch": 16, "data": (eval_files,), "sampling": "greedy"})
+        "samples_per_cell": 16, "batch": 16, "data": (eval_files,), "sampling": "greedy", "on_bad_record": "raise"})
 
     output_sections(config)
 

@@ -60,11 +60,11 @@ def check_run_budget(config: ml_collections.ConfigDict, settings: RunSettings, m
                      device_bytes: float | None = None) -> str:
     """The budget table for this run; raises ConfigError when it cannot fit one device.
 
-    config.budget.device_gb overrides the detected device size (0: detect); config.budget.enforce=False
+    config.budget.device_gb, when set, overrides the detected device size; config.budget.enforce=False
     prints without stopping (e.g. when the runtime's allocator is known to do better than the estimate)."""
-    section = config.get("budget", ml_collections.ConfigDict({"device_gb": 0.0, "enforce": True}))
+    section = config.budget
     if device_bytes is None:
-        device_bytes = section.device_gb * 1e9 if section.device_gb else device_memory_bytes()
+        device_bytes = section.device_gb * 1e9 if section.device_gb is not None else device_memory_bytes()
     budget = config_budget(config, settings, mesh)
     if device_bytes is None:
         return "per-device memory (device size unknown, set config.budget.device_gb to check it):\n" + \

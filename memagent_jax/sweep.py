@@ -4,6 +4,8 @@
         --sweep rl.optimizer.learning_rate=1e-4,3e-4 rl.group_size=4,8 \
         --root runs/sweep [--set rl.steps=20 ...] [--slurm launch/slurm.sbatch] [--dry-run]
 
+`memagent-sweep` (a console script of setup.py) is the same command.
+
 Every point of the grid (the product of the listed values) is a run of `python -m memagent_jax.train`
 with `--config.workdir={root}/{point name}` and the point's overrides. Locally the runs go one after
 another; with --slurm each is one `sbatch` job of the given script. `--summarize` (after SLURM jobs end,
@@ -13,7 +15,6 @@ writes them when its last run ends. A run that failed is listed as failed, never
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import pathlib
@@ -24,7 +25,9 @@ import sys
 from typing import Sequence
 
 import ml_collections
+from absl import flags
 
+from memagent_jax.commands import parse_command
 from memagent_jax.configuration import ConfigError, load_config_file
 
 # Final metrics shown in the summary, when a run wrote them.
@@ -112,21 +115,28 @@ def summarize(root: pathlib.Path, points: list[dict[str, str]], status: dict[str
     return table
 
 
-def _parse(argv: Sequence[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m memagent_jax.sweep", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True, help="a configs/*.py file")
-    parser.add_argument("--sweep", nargs="+", required=True, metavar="KEY=V1,V2", help="axes of the grid")
-    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides shared by all runs")
-    parser.add_argument("--root", default="runs/sweep", help="folder holding one folder per run")
-    parser.add_argument("--slurm", metavar="SCRIPT", help="submit each run with `sbatch SCRIPT` instead")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--summarize", action="store_true", help="only (re)write the summary of existing runs")
-    parser.add_argument("--python", default=sys.executable, help="interpreter for local runs")
-    return parser.parse_args(list(argv))
+PROG = "python -m memagent_jax.sweep"
+
+
+def _define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("config", None, "a configs/*.py file", flag_values=flag_values)
+    flags.DEFINE_multi_string("sweep", None, "axes of the grid, KEY=V1,V2 (several after one --sweep)",
+                              flag_values=flag_values)
+    flags.DEFINE_multi_string("set", [], "overrides shared by all runs, KEY=VALUE (several after one --set)",
+                              flag_values=flag_values)
+    flags.DEFINE_string("root", "runs/sweep", "folder holding one folder per run", flag_values=flag_values)
+    flags.DEFINE_string("slurm", None, "submit each run with `sbatch SCRIPT` instead", flag_values=flag_values)
+    flags.DEFINE_bool("dry_run", False, "print the commands, run nothing (also --dry-run)", flag_values=flag_values)
+    flags.DEFINE_bool("summarize", False, "only (re)write the summary of existing runs", flag_values=flag_values)
+    flags.DEFINE_string("python", sys.executable, "interpreter for local runs", flag_values=flag_values)
+    flags.mark_flags_as_required(["config", "sweep"], flag_values=flag_values)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    """The command line (`argv`: the arguments after the program name; default sys.argv's); a bad key or axis
+    raises ConfigError before any run starts."""
+    args = parse_command(sys.argv[1:] if argv is None else argv, _define_flags, prog=PROG, doc=__doc__,
+                         list_flags=("sweep", "set"))
     config = load_config_file(args.config)
     axes = [parse_axis(spec) for spec in args.sweep]
     shared = {}
@@ -163,8 +173,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 1 if failed else 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (memagent-sweep): a ConfigError is one line, not a traceback."""
     try:
         sys.exit(main())
     except ConfigError as err:
         sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    run()

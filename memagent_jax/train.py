@@ -1,7 +1,8 @@
 """Trains a memory agent: copy warm-up (models from scratch), SFT warm start on oracle traces, then
 Multi-Conv GRPO; resumes from its workdir.
 
-    python -m memagent_jax.train --config=configs/quickstart.py [--config.rl.steps=50 ...]
+    memagent-train --config=configs/quickstart.py [--config.rl.steps=50 ...]
+    (or python -m memagent_jax.train ...)
 
 Multi-process runs (launch/) start the same command in every process; memagent_jax.distributed reads
 the process's place from the environment (JAX_* variables, SLURM, TPU pod).
@@ -48,5 +49,10 @@ def main(argv: list[str]) -> None:
         print(f"trained in {time.perf_counter() - started:.0f}s; checkpoint for memagent-answer: {exported}")
 
 
+def run() -> None:
+    """Console-script entry point (memagent-train)."""
+    configuration.run_main(main, __name__)
+
+
 if __name__ == "__main__":
-    configuration.run_main(main)
+    run()

@@ -52,7 +52,7 @@ def phase_source(config: ml_collections.ConfigDict, phase: str, tokenizer: Token
     checked here, and SFT-like phases need records that mark their evidence: a ConfigError otherwise."""
     section = config[phase]
     seed = config.seed * 1000 + _PHASE_SEED[phase]
-    entries = tuple(section.get("sources", ()))
+    entries = tuple(section.sources)
     if not entries:
         entries = tuple({"task": task, "lengths": tuple(section.lengths)} for task in section.tasks)
     where = f"config.{phase}.sources"
@@ -224,11 +224,10 @@ class TrainingRun:
             return lambda step, seed: policy.train([next(data)])
         if phase == "retrieval":
             end, row_len = end_of_turn_id(self.tokenizer), policy.shape.row_len
-            boxed = bool(self.config.retrieval.get("boxed_answer", False))  # configs from before the option
+            boxed = bool(self.config.retrieval.boxed_answer)
             return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed)])
         if phase == "sft":
-            trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size,
-                                 self.config.sft.get("quiet_updates", 0))
+            trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size, self.config.sft.quiet_updates)
             return lambda step, seed: trainer.step(next(data))
         trainer = GRPOTrainer(policy, self.agent, self.settings.rl, send_weights=self.rollout_layout.send)
         trainer.sync_weights()  # rollouts of the first step use the policy's (post-SFT) weights
@@ -264,19 +263,19 @@ class TrainingRun:
         agent, section = self.settings.agent, self.config.eval
         sizes = {name: getattr(agent, name) for name in ("chunk_size", "max_memory_tokens", "max_answer_tokens",
                                                           "max_question_tokens", "chunk_boundary")}
-        return FileEvalConfig.with_sampling(section.get("sampling", "greedy"), sizes, self.config.seed * 1000 + 7,
+        return FileEvalConfig.with_sampling(section.sampling, sizes, self.config.seed * 1000 + 7,
                                             section.batch)
 
     def _open_eval_data(self) -> list[Any]:
         """config.eval.data (files or globs, e.g. RULER-HQA): opened and checked now, as a ConfigError."""
         from memagent_jax.eval_data import check_questions, open_eval_files
 
-        patterns = self.config.eval.get("data", ())
+        patterns = self.config.eval.data
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
         if not (self.config.eval.enabled and patterns):
             return []
         try:
-            files = open_eval_files(patterns, self.config.eval.get("on_bad_record", "raise"))
+            files = open_eval_files(patterns, self.config.eval.on_bad_record)
             check_questions(files, self.tokenizer, self._file_eval_config().agent.max_question_tokens)
         except (OSError, ValueError) as err:
             raise configuration.ConfigError(f"config.eval.data: {err}") from None
@@ -292,7 +291,7 @@ class TrainingRun:
         store = ResultStore(out / "samples.jsonl", cfg.settings())
         run = evaluate_files(named, self.eval_files, cfg, store, Progress())
         summary = summarize(named, self.eval_files, store)
-        sampling = self.config.eval.get("sampling", "greedy")
+        sampling = self.config.eval.sampling
         write_file_results(summary, store.settings, run, sampling, out)
         return format_file_table(summary, sampling)
 

@@ -82,7 +82,8 @@ def test_real_config_is_valid_with_the_papers_settings(path):
 
 def test_7b_on_8_gpus_fits_an_h100_with_per_layer_remat():
     config = configuration.load_config_file(str(GPU8))
-    assert config.model.preset == "qwen2.5-7b" and math.prod(_mesh_sizes(config)) == 8
+    assert configuration.build_model_config(config.model) == get_preset("qwen2.5-7b")
+    assert math.prod(_mesh_sizes(config)) == 8
     mesh = sharding.make_mesh(configuration.mesh_shape(config.mesh))  # the 8 fake CPU devices
     device = DEVICE_MEMORY_BYTES["H100"]
     assert config.train.remat  # the configs train with per-layer rematerialisation
@@ -100,7 +101,8 @@ def test_7b_on_8_gpus_fits_an_h100_with_per_layer_remat():
 
 def test_14b_on_tpu_v5p_64_fits_a_chip_with_per_layer_remat():
     config = configuration.load_config_file(str(TPU_V5P))
-    assert config.model.preset == "qwen2.5-14b" and math.prod(_mesh_sizes(config)) == V5P_64_DEVICES
+    assert configuration.build_model_config(config.model) == get_preset("qwen2.5-14b")
+    assert math.prod(_mesh_sizes(config)) == V5P_64_DEVICES
     mesh = AbstractMesh(_mesh_sizes(config), sharding.MESH_AXES)
     device = DEVICE_MEMORY_BYTES["TPU v5p"]
     assert config.train.remat  # the configs train with per-layer rematerialisation

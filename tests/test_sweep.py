@@ -40,6 +40,14 @@ def test_unknown_keys_and_repeated_axes_stop_before_any_run(tmp_path):
     assert not list(tmp_path.iterdir())
 
 
+def test_a_typo_in_the_config_file_stops_the_sweep_naming_the_key(tmp_path):
+    path = tmp_path / "typo_config.py"
+    path.write_text(f"import runpy\n\n\ndef get_config():\n    config = runpy.run_path({CONFIG!r})['get_config']()\n"
+                    "    config.rl.batchsize = 8\n    return config\n")
+    with pytest.raises(ConfigError, match=r"config\.rl\.batchsize is not a known key; did you mean config\.rl\.b"):
+        main(["--config", str(path), "--sweep", "rl.group_size=2,4", "--root", str(tmp_path / "runs"), "--dry-run"])
+
+
 def test_dry_runs_print_one_command_per_point(tmp_path, capsys):
     assert main(["--config", CONFIG, "--sweep", "rl.group_size=2,4", "--set", "rl.steps=3",
                  "--root", str(tmp_path), "--dry-run"]) == 0

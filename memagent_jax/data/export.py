@@ -3,22 +3,29 @@
     python -m memagent_jax.data.export --task niah_multivalue --tokenizer PATH --target_tokens 28000 \\
         --num_samples 1000 --out train.parquet
 
+`memagent-export-tasks` (a console script of setup.py) is the same command.
+
 The same rows are what MemAgent's trainer reads, so this is also the template for your own data:
 produce ``Sample``s (or rows of that shape) and write them with ``memagent_jax.data.writers``.
 """
 
 from __future__ import annotations
 
-import argparse
 import pathlib
+import sys
 from collections.abc import Sequence
 
+from absl import flags
+
+from memagent_jax.commands import parse_command
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
 from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.data.writers import write_jsonl, write_parquet
 
 __all__ = ["export", "main"]
+
+PROG = "python -m memagent_jax.data.export"
 
 
 def export(
@@ -49,20 +56,25 @@ def export(
     raise ValueError(f"output must end in .jsonl or .parquet, got {out}")
 
 
+def _define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_enum("task", None, sorted(TASKS), "synthetic task (data/tasks.py)", flag_values=flag_values)
+    flags.DEFINE_string("tokenizer", None, "tokenizer folder or .model file (lengths are in its tokens)",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("target_tokens", None, "document length in tokens", flag_values=flag_values)
+    flags.DEFINE_integer("num_samples", None, "samples to write", flag_values=flag_values)
+    flags.DEFINE_string("out", None, "output .jsonl or .parquet", flag_values=flag_values)
+    flags.DEFINE_integer("seed", 0, "the task's seed", flag_values=flag_values)
+    flags.DEFINE_integer("offset", 0, "first sample index (for disjoint splits)", flag_values=flag_values)
+    flags.DEFINE_enum("format", "memagent_train", ["memagent_train", "memagent_eval"], "row format",
+                      flag_values=flag_values)
+    flags.DEFINE_enum("key_split", None, list(KEY_SPLITS), "needle keys: train or eval half of RULER's vocabulary, "
+                      "or all (default: eval for --format memagent_eval, else train)", flag_values=flag_values)
+    flags.mark_flags_as_required(["task", "tokenizer", "target_tokens", "num_samples", "out"], flag_values=flag_values)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", required=True, choices=sorted(TASKS))
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or .model file (lengths are in its tokens)")
-    parser.add_argument("--target_tokens", type=int, required=True)
-    parser.add_argument("--num_samples", type=int, required=True)
-    parser.add_argument("--out", required=True, help="output .jsonl or .parquet")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--offset", type=int, default=0, help="first sample index (for disjoint splits)")
-    parser.add_argument("--format", default="memagent_train", choices=["memagent_train", "memagent_eval"])
-    parser.add_argument("--key_split", choices=list(KEY_SPLITS), default=None,
-                        help="needle keys: train or eval half of RULER's vocabulary, or all (default: eval for "
-                             "--format memagent_eval, else train)")
-    args = parser.parse_args(argv)
+    """The command line (`argv`: the arguments after the program name; default sys.argv's)."""
+    args = parse_command(sys.argv[1:] if argv is None else argv, _define_flags, prog=PROG, doc=__doc__)
     n = export(args.task, args.tokenizer, args.target_tokens, args.num_samples, args.out,
                seed=args.seed, offset=args.offset, fmt=args.format, key_split=args.key_split)
     print(f"wrote {n} samples to {args.out}")

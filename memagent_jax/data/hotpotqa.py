@@ -17,15 +17,17 @@ indices is stored per sample: a 25,600-document (~3.5M-token) context is generat
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
 import pathlib
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+from absl import flags
 
+from memagent_jax.commands import parse_command
 from memagent_jax.data.document import Document, Sample, Span, TextTokenizer
 from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error, one_line_errors
 from memagent_jax.data.haystack import doc_header
@@ -315,22 +317,30 @@ def write_ruler_hqa(
     return written
 
 
+PROG = "python -m memagent_jax.data.hotpotqa"
+DESCRIPTION = (
+    "Write the RULER-HQA evaluation sets of the MemAgent paper to OUT_DIR/ruler_hqa_{N}.jsonl, one file per "
+    "document count N (default: 50 ... 25,600, about 7K ... 3.5M tokens): one row per question (the first "
+    "--num_questions of the file) {context, input, answers, num_docs, index, answer_mode}, the context being the "
+    "question's own paragraphs plus distractors up to N documents. Prints the files written. "
+    "(Also installed as memagent-build-hotpotqa.)")
+
+
+def _define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("hotpotqa", None, "path to hotpotqa.json (scripts/fetch_hotpotqa.sh)", flag_values=flag_values)
+    flags.DEFINE_string("out_dir", None, "folder of the ruler_hqa_{N}.jsonl files", flag_values=flag_values)
+    flags.DEFINE_string("num_docs", ",".join(map(str, DOC_COUNTS)), "comma-separated counts", flag_values=flag_values)
+    flags.DEFINE_integer("num_questions", 128, "first N questions of the file", flag_values=flag_values)
+    flags.DEFINE_integer("seed", 42, "distractor draw and order", flag_values=flag_values)
+    flags.DEFINE_enum("format", "memagent_eval", ["memagent_eval", "memagent_train"], "row format",
+                      flag_values=flag_values)
+    flags.mark_flags_as_required(["hotpotqa", "out_dir"], flag_values=flag_values)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m memagent_jax.data.hotpotqa",
-        description="Write the RULER-HQA evaluation sets of the MemAgent paper to OUT_DIR/ruler_hqa_{N}.jsonl, one "
-        "file per document count N (default: 50 ... 25,600, about 7K ... 3.5M tokens): one row per question (the "
-        "first --num_questions of the file) {context, input, answers, num_docs, index, answer_mode}, the context "
-        "being the question's own paragraphs plus distractors up to N documents. Prints the files written.",
-    )
-    parser.add_argument("--hotpotqa", required=True, help="path to hotpotqa.json (scripts/fetch_hotpotqa.sh)")
-    parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--num_docs", default=",".join(map(str, DOC_COUNTS)), help="comma-separated counts")
-    parser.add_argument("--num_questions", type=int, default=128)
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--format", default="memagent_eval", choices=["memagent_eval", "memagent_train"])
-    args = parser.parse_args(argv)
-    with one_line_errors(parser.prog):
+    """The command line (`argv`: the arguments after the program name; default sys.argv's)."""
+    args = parse_command(sys.argv[1:] if argv is None else argv, _define_flags, prog=PROG, doc=DESCRIPTION)
+    with one_line_errors(PROG):
         counts = [int(x) for x in args.num_docs.split(",") if x]
         paths = write_ruler_hqa(args.hotpotqa, args.out_dir, counts, args.num_questions, args.seed, args.format)
     for p in paths:

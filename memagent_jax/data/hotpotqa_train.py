@@ -23,16 +23,18 @@ and written one row group at a time (bounded memory) under a temporary name rena
 
 from __future__ import annotations
 
-import argparse
 import collections
 import json
 import os
 import pathlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from absl import flags
 
+from memagent_jax.commands import parse_command
 from memagent_jax.data.document import Sample
 from memagent_jax.data.errors import OnError, one_line_errors
 from memagent_jax.data.heldout import HeldOut
@@ -183,29 +185,35 @@ def build_training_set(
     return split
 
 
+PROG = "python -m memagent_jax.data.hotpotqa_train"
+DESCRIPTION = (
+    "Write MemAgent's HotpotQA training set (Parquet: data_source, prompt, context, reward_model, extra_info with "
+    "the supporting facts) to --out: each question's own paragraphs plus distractors up to --num_docs documents, "
+    "the first --eval_questions evaluation questions and their gold paragraphs held out (recorded in the file's "
+    "metadata). Prints that record. (Also installed as memagent-build-hotpotqa-train.)")
+
+
+def _define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_string("hotpotqa", None, "HotpotQA-format JSON to train on (scripts/fetch_hotpotqa.sh, or your own)",
+                        flag_values=flag_values)
+    flags.DEFINE_string("out", None, "output .parquet (written atomically)", flag_values=flag_values)
+    flags.DEFINE_string("eval_hotpotqa", None, "HotpotQA file of the evaluation questions (default: --hotpotqa)",
+                        flag_values=flag_values)
+    flags.DEFINE_integer("eval_questions", 128, "first N questions held out (RULER-HQA: 128)", flag_values=flag_values)
+    flags.DEFINE_integer("num_docs", 200, "documents per context (200: ~28K tokens)", flag_values=flag_values)
+    flags.DEFINE_integer("num_samples", None, "a seeded subset of this many questions (default: all)",
+                         flag_values=flag_values)
+    flags.DEFINE_integer("seed", 42, "subset, distractor draw and order", flag_values=flag_values)
+    flags.DEFINE_string("data_source", "hotpotqa", "the rows' data_source", flag_values=flag_values)
+    flags.DEFINE_enum("on_error", "raise", ["raise", "skip"], "malformed questions: stop, or skip and count",
+                      flag_values=flag_values)
+    flags.mark_flags_as_required(["hotpotqa", "out"], flag_values=flag_values)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m memagent_jax.data.hotpotqa_train",
-        description="Write MemAgent's HotpotQA training set (Parquet: data_source, prompt, context, reward_model, "
-        "extra_info with the supporting facts) to --out: each question's own paragraphs plus distractors up to "
-        "--num_docs documents, the first --eval_questions evaluation questions and their gold paragraphs held out "
-        "(recorded in the file's metadata). Prints that record.",
-    )
-    parser.add_argument(
-        "--hotpotqa", required=True, help="HotpotQA-format JSON to train on (scripts/fetch_hotpotqa.sh, or your own)"
-    )
-    parser.add_argument("--out", required=True, help="output .parquet (written atomically)")
-    parser.add_argument("--eval_hotpotqa", help="HotpotQA file of the evaluation questions (default: --hotpotqa)")
-    parser.add_argument("--eval_questions", type=int, default=128, help="first N questions held out (RULER-HQA: 128)")
-    parser.add_argument("--num_docs", type=int, default=200, help="documents per context (200: ~28K tokens)")
-    parser.add_argument("--num_samples", type=int, help="a seeded subset of this many questions (default: all)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--data_source", default="hotpotqa")
-    parser.add_argument(
-        "--on_error", default="raise", choices=["raise", "skip"], help="malformed questions: stop, or skip and count"
-    )
-    args = parser.parse_args(argv)
-    with one_line_errors(parser.prog):
+    """The command line (`argv`: the arguments after the program name; default sys.argv's)."""
+    args = parse_command(sys.argv[1:] if argv is None else argv, _define_flags, prog=PROG, doc=DESCRIPTION)
+    with one_line_errors(PROG):
         split = build_training_set(
             args.hotpotqa, args.out, eval_hotpotqa=args.eval_hotpotqa, eval_questions=args.eval_questions,
             num_docs=args.num_docs, num_samples=args.num_samples, seed=args.seed, data_source=args.data_source,

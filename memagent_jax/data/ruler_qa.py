@@ -38,17 +38,19 @@ and every file is written atomically.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
 import os
 import pathlib
+import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+from absl import flags
 
+from memagent_jax.commands import parse_command
 from memagent_jax.data.document import TextTokenizer
 from memagent_jax.data.errors import OnError, one_line_errors
 from memagent_jax.data.haystack import doc_header
@@ -248,29 +250,35 @@ def write_ruler_qa(
     return written
 
 
+PROG = "python -m memagent_jax.data.ruler_qa"
+DESCRIPTION = (
+    "Write RULER's QA task (qa_1: SQuAD, qa_2: HotpotQA) in RULER's JSONL format to OUT_DIR/{task}_{target}.jsonl "
+    "for each target length: one row per question {index, input, outputs, length, length_w_model_temp, "
+    "answer_prefix}, gold documents plus distractors up to the target in tokens of --tokenizer. Prints one line "
+    "per file: path, rows, questions skipped as too long. (Also installed as memagent-build-ruler-qa.)")
+
+
+def _define_flags(flag_values: flags.FlagValues) -> None:
+    flags.DEFINE_enum("task", None, sorted(DATASETS), "RULER's QA task", flag_values=flag_values)
+    flags.DEFINE_string("data", None, "squad.json for qa_1, hotpotqa.json for qa_2 (scripts/fetch_eval_data.sh)",
+                        flag_values=flag_values)
+    flags.DEFINE_string("tokenizer", None, "tokenizer folder or .model file (lengths in its tokens)",
+                        flag_values=flag_values)
+    flags.DEFINE_string("target_tokens", None, "comma-separated lengths (RULER's max_seq_length)",
+                        flag_values=flag_values)
+    flags.DEFINE_string("out_dir", None, "folder of the {task}_{target}.jsonl files", flag_values=flag_values)
+    flags.DEFINE_integer("num_samples", 500, "questions per file", flag_values=flag_values)
+    flags.DEFINE_integer("offset", 0, "first question (for disjoint splits)", flag_values=flag_values)
+    flags.DEFINE_integer("seed", 42, "distractor draw and order", flag_values=flag_values)
+    flags.DEFINE_enum("on_error", "raise", ["raise", "skip"], "malformed questions: stop, or skip and count",
+                      flag_values=flag_values)
+    flags.mark_flags_as_required(["task", "data", "tokenizer", "target_tokens", "out_dir"], flag_values=flag_values)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m memagent_jax.data.ruler_qa",
-        description="Write RULER's QA task (qa_1: SQuAD, qa_2: HotpotQA) in RULER's JSONL format to "
-        "OUT_DIR/{task}_{target}.jsonl for each target length: one row per question {index, input, outputs, "
-        "length, length_w_model_temp, answer_prefix}, gold documents plus distractors up to the target in tokens "
-        "of --tokenizer. Prints one line per file: path, rows, questions skipped as too long.",
-    )
-    parser.add_argument("--task", required=True, choices=sorted(DATASETS))
-    parser.add_argument(
-        "--data", required=True, help="squad.json for qa_1, hotpotqa.json for qa_2 (scripts/fetch_eval_data.sh)"
-    )
-    parser.add_argument("--tokenizer", required=True, help="tokenizer folder or .model file (lengths in its tokens)")
-    parser.add_argument("--target_tokens", required=True, help="comma-separated lengths (RULER's max_seq_length)")
-    parser.add_argument("--out_dir", required=True)
-    parser.add_argument("--num_samples", type=int, default=500)
-    parser.add_argument("--offset", type=int, default=0, help="first question (for disjoint splits)")
-    parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument(
-        "--on_error", default="raise", choices=["raise", "skip"], help="malformed questions: stop, or skip and count"
-    )
-    args = parser.parse_args(argv)
-    with one_line_errors(parser.prog):
+    """The command line (`argv`: the arguments after the program name; default sys.argv's)."""
+    args = parse_command(sys.argv[1:] if argv is None else argv, _define_flags, prog=PROG, doc=DESCRIPTION)
+    with one_line_errors(PROG):
         from memagent_jax.tokenizer import load_tokenizer
 
         targets = [int(x) for x in args.target_tokens.split(",") if x]

@@ -12,6 +12,7 @@ from typing import Any, Callable, TypeVar
 import ml_collections
 
 from memagent_jax.agent.memory_agent import AgentConfig
+from memagent_jax.config_keys import check_run_keys
 from memagent_jax.configuration import ConfigError
 from memagent_jax.data.tasks import TASKS
 from memagent_jax.engine.requests import EngineConfig
@@ -28,16 +29,14 @@ T = TypeVar("T")
 
 
 def _build(cls: Callable[..., T], section: ml_collections.ConfigDict | dict, name: str, **extra: Any) -> T:
+    """`cls` from the keys of `section` that are its fields: a section may feed two dataclasses (train: the
+    rows and the update), and config_keys.py has already refused any key that no part reads."""
     fields = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     values = {k: v for k, v in dict(section).items() if k in fields}
     try:
         return cls(**values, **extra)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"config.{name}: {err}") from err
-
-
-def _none_if_zero(value: float) -> float | None:
-    return None if value in (None, 0, 0.0) else float(value)
 
 
 def agent_config(config: ml_collections.ConfigDict) -> AgentConfig:
@@ -53,20 +52,20 @@ def batch_shape(config: ml_collections.ConfigDict) -> BatchShape:
 
 
 def optimizer_config(phase: ml_collections.ConfigDict, name: str) -> OptimizerConfig:
-    """The phase's optimizer; a decaying schedule with total_steps 0 decays over the phase's own steps (so
-    `--config.sft.steps=N` alone rescales it)."""
+    """The phase's optimizer; a decaying schedule with total_steps unset (None) decays over the phase's own
+    steps (so `--config.sft.steps=N` alone rescales it)."""
     settings = dict(phase.optimizer)
-    if settings.get("schedule", "constant") != "constant" and not settings.get("total_steps"):
-        settings["total_steps"] = max(int(phase.steps), int(settings.get("warmup_steps", 0)) + 1)
+    if settings["total_steps"] is None:
+        if settings["schedule"] == "constant":
+            del settings["total_steps"]  # no decay: the horizon is never read
+        else:
+            settings["total_steps"] = max(int(phase.steps), int(settings["warmup_steps"]) + 1)
     return _build(OptimizerConfig, settings, f"{name}.optimizer")
 
 
 def loss_config(rl: ml_collections.ConfigDict) -> LossConfig:
-    loss = dict(rl.loss)
-    # 0 in a config file means "off" for the optional clips (ml_collections fields keep one type).
-    loss["dual_clip"] = _none_if_zero(loss.get("dual_clip"))
-    loss["tis_cap"] = _none_if_zero(loss.get("tis_cap"))
-    return _build(LossConfig, loss, "rl.loss")
+    """dual_clip and tis_cap unset (None, e.g. ml_collections' placeholder(float)) turn them off."""
+    return _build(LossConfig, rl.loss, "rl.loss")
 
 
 def update_config(config: ml_collections.ConfigDict, objective: str) -> UpdateConfig:
@@ -138,6 +137,7 @@ class RunSettings:
 
 
 def run_settings(config: ml_collections.ConfigDict) -> RunSettings:
+    check_run_keys(config)  # a key nothing reads, or one missing, before any section is built
     for name in ("sft", "rl"):
         check_phase_data(config[name], name)
     if config.sft.batch_size % config.sft.mini_batch_size:
