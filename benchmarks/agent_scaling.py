@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pathlib
 import resource
 import subprocess
 import sys
@@ -20,12 +21,15 @@ import tempfile
 import time
 from typing import Iterator
 
+# The documents are lines of the test-fixture corpus (tests/fixture_data.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+
 QUESTION = "What is the special magic number for calm-river mentioned in the provided text?"
 
 
 def _document_pieces(tokenizer, num_tokens: int, seed: int) -> Iterator[list[int]]:
     """Exactly num_tokens tokens of synthetic text, produced line by line (never held whole)."""
-    from memagent_jax.data.corpus import tokenizer_corpus
+    from fixture_data import tokenizer_corpus
 
     produced = 0
     lines = tokenizer_corpus(10**9, seed=seed)
@@ -39,7 +43,7 @@ def _setup(workdir: str, max_positions: int):
     import jax
     from flax import nnx
 
-    from memagent_jax.data.corpus import tokenizer_corpus
+    from fixture_data import tokenizer_corpus
     from memagent_jax.model.config import get_preset
     from memagent_jax.model.transformer import Transformer
     from memagent_jax.tokenizer import load_tokenizer, train_sentencepiece

@@ -23,7 +23,7 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from memagent_jax import configuration  # noqa: E402
+from memagent_jax.run import configuration  # noqa: E402
 from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent  # noqa: E402
 from memagent_jax.agent.verify import boxed_reward  # noqa: E402
 from memagent_jax.data.pipeline import AgentSample, make_pipeline  # noqa: E402

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import tempfile
 
 import numpy as np
 
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.data.corpus import tokenizer_corpus
 from memagent_jax.data.niah import needle_line
 from memagent_jax.data.task_corpus import task_corpus
 from memagent_jax.data.words import ADJECTIVES, NOUNS, key_space, word_split
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
+
+# The test-fixture corpus, compared here with the task corpus.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "tests"))
+from fixture_data import tokenizer_corpus  # noqa: E402
 
 
 def measure(tokenizer: Tokenizer) -> dict[str, float]:

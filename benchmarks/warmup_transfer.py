@@ -29,7 +29,7 @@ from flax import nnx
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from memagent_jax import configuration  # noqa: E402
+from memagent_jax.run import configuration  # noqa: E402
 from memagent_jax.agent.memory_agent import AgentConfig  # noqa: E402
 from memagent_jax.agent.prompts import AgentPrompts  # noqa: E402
 from memagent_jax.model.sharding import DEFAULT_RULES, make_mesh  # noqa: E402

@@ -30,11 +30,11 @@ import time  # noqa: E402
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from memagent_jax.configuration import tensor_parallel_rules  # noqa: E402
+from memagent_jax.run.configuration import tensor_parallel_rules  # noqa: E402
 from memagent_jax.model.config import get_preset  # noqa: E402
 from memagent_jax.model.sharding import DEFAULT_RULES, create_sharded, make_mesh  # noqa: E402
 from memagent_jax.model.transformer import Transformer  # noqa: E402
-from memagent_jax.rollout_layout import RolloutLayout  # noqa: E402
+from memagent_jax.rl.rollout_layout import RolloutLayout  # noqa: E402
 
 LAYOUTS = {"same": DEFAULT_RULES, "tp": tensor_parallel_rules(), "replicated": tuple((n, None) for n, _ in DEFAULT_RULES)}
 

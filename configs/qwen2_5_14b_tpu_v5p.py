@@ -22,7 +22,7 @@ Mesh (32 devices): data=1, fsdp=4, tensor=8, for training and rollouts alike (th
 Precision: bfloat16 compute, float32 master weights, Adam moments and gradient sums; bfloat16 copies for
 the engine and the KL reference; truncated importance sampling on (rl.loss.tis_cap 2.0); bfloat16 export.
 
-Memory per chip (memagent_jax.memory_budget; tests/test_real_configs.py prints the table): masters 1.85,
+Memory per chip (memagent_jax.run.memory_budget; tests/test_real_configs.py prints the table): masters 1.85,
 Adam moments 3.7, KL reference 0.9, gradients 3.7, compute copies 0.9 and the engine's weights 3.7 GB
 (14.8 GB), the KV pages 51.5 GB (the engine replicates its cache on every device). The activations of one
 8,704-token row would take about 110 GB per chip (estimate) if every layer kept its intermediates;
@@ -31,7 +31,7 @@ Adam moments 3.7, KL reference 0.9, gradients 3.7, compute copies 0.9 and the en
 
 import ml_collections
 
-from memagent_jax.paper_configs import paper_config
+from memagent_jax.run.paper_configs import paper_config
 
 CHECKPOINT = "/path/to/Qwen2.5-14B-Instruct"  # placeholder: the HF folder of Qwen2.5-14B-Instruct
 

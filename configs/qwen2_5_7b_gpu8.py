@@ -21,7 +21,7 @@ would round away the paper's lr-1e-6 updates; the config check refuses them); bf
 engine and the KL reference; truncated importance sampling (rl.loss.tis_cap 2.0) corrects the bfloat16
 sampler/trainer gap. The export is bfloat16, as the checkpoint.
 
-Memory per device (memagent_jax.memory_budget; tests/test_real_configs.py prints the table): masters 3.8,
+Memory per device (memagent_jax.run.memory_budget; tests/test_real_configs.py prints the table): masters 3.8,
 Adam moments 7.6, KL reference 1.9, gradients 7.6, compute copies 1.9 and the engine's weights 3.8 GB
 (26.7 GB), the KV pages 30.1 GB. The activations of one 8,704-token row would take about 83 GB per device
 (estimate) if every layer kept its intermediates, attention probabilities included; `train.remat=True`
@@ -30,7 +30,7 @@ Adam moments 7.6, KL reference 1.9, gradients 7.6, compute copies 1.9 and the en
 
 import ml_collections
 
-from memagent_jax.paper_configs import paper_config
+from memagent_jax.run.paper_configs import paper_config
 
 CHECKPOINT = "/path/to/Qwen2.5-7B-Instruct"  # placeholder: the HF folder of Qwen2.5-7B-Instruct
 

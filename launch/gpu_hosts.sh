@@ -4,7 +4,7 @@
 #   HOSTS="gpu-a gpu-b" launch/gpu_hosts.sh CONFIG [--config.key=value ...]
 #
 # The first host is the coordinator (port $PORT, default 8476). Every process gets JAX_COORDINATOR_ADDRESS,
-# JAX_NUM_PROCESSES and JAX_PROCESS_ID (memagent_jax/distributed.py) over ssh; the repository must be at
+# JAX_NUM_PROCESSES and JAX_PROCESS_ID (memagent_jax/parallel/cluster.py) over ssh; the repository must be at
 # $REPO_DIR on every host (default: this directory's parent, same path everywhere). Logs: $LOG_DIR/host-N.log.
 # DRY_RUN=1 checks the config here and prints the ssh commands instead of running them.
 set -euo pipefail

@@ -4,7 +4,7 @@
 #   launch/tpu_pod.sh TPU_NAME ZONE CONFIG [--config.key=value ...]
 #
 # Each worker runs `python -m memagent_jax.train`; JAX finds the coordinator and the worker's id from
-# the TPU runtime (memagent_jax/distributed.py). The repository must be at $REPO_DIR on every worker
+# the TPU runtime (memagent_jax/parallel/cluster.py). The repository must be at $REPO_DIR on every worker
 # (default ~/memagent_jax), with the package installed. PROJECT sets the gcloud project.
 # DRY_RUN=1 checks the config here and prints the gcloud command instead of running it.
 set -euo pipefail

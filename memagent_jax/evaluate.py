@@ -16,7 +16,7 @@ from the flags, else the checkpoint's saved sizes, else the paper's (chunk 5000,
 
 A checkpoint is NAME=DIR or a bare DIR (named after its folder). Prints one line per (task, length) cell,
 then a markdown table with one accuracy column per checkpoint, and writes results.json, table.md and
-accuracy.png to --out (default: <first checkpoint>/eval). See memagent_jax/evaluation.py for the metrics.
+accuracy.png to --out (default: <first checkpoint>/eval). See memagent_jax/run/evaluation.py for the metrics.
 """
 
 from __future__ import annotations
@@ -25,12 +25,12 @@ import pathlib
 
 from absl import app, flags
 
-from memagent_jax import commands
+from memagent_jax import command_line
 from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, load_sizes
-from memagent_jax.eval_data import METRICS
-from memagent_jax.eval_files import SAMPLING, FileEvalConfig, Progress, evaluate_files, open_evaluation
-from memagent_jax.eval_report import format_file_table, summarize, write_file_results
-from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig, evaluate_checkpoints, format_table, length_label, \
+from memagent_jax.run.eval_data import METRICS
+from memagent_jax.run.eval_files import SAMPLING, FileEvalConfig, Progress, evaluate_files, open_evaluation
+from memagent_jax.run.eval_report import format_file_table, summarize, write_file_results
+from memagent_jax.run.evaluation import LONG_LENGTHS, EvalConfig, evaluate_checkpoints, format_table, length_label, \
     parse_checkpoints, parse_lengths, write_results
 from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.tokenizer import load_tokenizer
@@ -140,7 +140,7 @@ def _main_files() -> None:
 
 def run() -> None:
     """Console-script entry point (memagent-evaluate)."""
-    commands.run_app(main, __name__)
+    command_line.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import time
 
 from absl import logging
 
-from memagent_jax import configuration
-from memagent_jax.runtime import build_model, build_tokenizer
+from memagent_jax.run import configuration
+from memagent_jax.run.builders import build_model, build_tokenizer
 
 _CONFIG = configuration.define_config_flag()
 

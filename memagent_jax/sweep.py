@@ -27,8 +27,9 @@ from typing import Sequence
 import ml_collections
 from absl import flags
 
-from memagent_jax.commands import parse_command
-from memagent_jax.configuration import ConfigError, load_config_file
+from memagent_jax.command_line import parse_command
+from memagent_jax.run.config_error import ConfigError
+from memagent_jax.run.configuration import load_config_file
 
 # Final metrics shown in the summary, when a run wrote them.
 SUMMARY_KEYS = ("copy/nll", "sft/nll", "rl/reward_mean", "rl/loss", "rl/kl", "rl/entropy", "rl/grad_norm")
@@ -83,7 +84,7 @@ def final_metrics(workdir: pathlib.Path) -> dict[str, float]:
                     row = json.loads(line)
                     last.update({k: v for k, v in row.items() if k not in ("step", "time")})
     if (workdir / "eval" / "results.json").is_file():
-        from memagent_jax.evaluation import read_results
+        from memagent_jax.run.evaluation import read_results
 
         results, _ = read_results(workdir / "eval")
         for name, result in results.items():

@@ -4,7 +4,7 @@ Multi-Conv GRPO; resumes from its workdir.
     memagent-train --config=configs/quickstart.py [--config.rl.steps=50 ...]
     (or python -m memagent_jax.train ...)
 
-Multi-process runs (launch/) start the same command in every process; memagent_jax.distributed reads
+Multi-process runs (launch/) start the same command in every process; memagent_jax.parallel.cluster reads
 the process's place from the environment (JAX_* variables, SLURM, TPU pod).
 """
 
@@ -15,7 +15,7 @@ import time
 
 from absl import logging
 
-from memagent_jax import configuration
+from memagent_jax.run import configuration
 
 _CONFIG = configuration.define_config_flag()
 
@@ -32,14 +32,14 @@ def main(argv: list[str]) -> None:
     logging.get_absl_handler().addFilter(_QuietOrbax())
     import jax
 
-    from memagent_jax import distributed  # after flag parsing: --help stays fast
+    from memagent_jax.parallel import cluster  # after flag parsing: --help stays fast
 
-    cluster = distributed.initialize()  # before anything touches the devices
+    cluster = cluster.initialize()  # before anything touches the devices
     if cluster.kind != "single":
         logging.info("joined %s", cluster.describe())
         if jax.process_index() != 0:  # process 0 logs the run; the others only warnings and errors
             logging.set_verbosity(logging.WARNING)
-    from memagent_jax.training import TrainingRun
+    from memagent_jax.run.training import TrainingRun
 
     started = time.perf_counter()
     run = TrainingRun(_CONFIG.value)

@@ -33,7 +33,7 @@ def tiny_eval_checkpoints(tmp_path_factory):
     import jax.numpy as jnp
     from flax import nnx
 
-    from memagent_jax.data.corpus import tokenizer_corpus
+    from fixture_data import tokenizer_corpus
     from memagent_jax.model.config import ModelConfig
     from memagent_jax.model.hf import save_hf_checkpoint
     from memagent_jax.model.transformer import Transformer

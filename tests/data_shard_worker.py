@@ -4,11 +4,11 @@ file source through the training pipeline for one epoch, and writes the record i
 import json
 import sys
 
-from memagent_jax import distributed
+from memagent_jax.parallel import cluster
 
 
 def main(pattern: str, out: str) -> None:
-    distributed.initialize()  # jax.distributed from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
+    cluster.initialize()  # jax.distributed from JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID
     import jax
 
     from memagent_jax.data.mixture import MixtureSource

@@ -5,7 +5,8 @@ import pathlib
 import pytest
 
 from memagent_jax.check_config import summary
-from memagent_jax.configuration import ConfigError, load_config_file
+from memagent_jax.run.config_error import ConfigError
+from memagent_jax.run.configuration import load_config_file
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 

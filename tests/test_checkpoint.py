@@ -14,8 +14,8 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
-from memagent_jax import configuration
-from memagent_jax.checkpoint import Checkpointer, CheckpointError, Restored, abstract_like
+from memagent_jax.run import configuration
+from memagent_jax.run.checkpoint import Checkpointer, CheckpointError, Restored, abstract_like
 from memagent_jax.model import sharding as sh
 from memagent_jax.model.config import get_preset
 from memagent_jax.model.transformer import Transformer

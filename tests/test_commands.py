@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from memagent_jax.commands import expand_list_flags, parse_command, underscore_flag_names
+from memagent_jax.command_line import expand_list_flags, parse_command, underscore_flag_names
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

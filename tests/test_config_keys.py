@@ -8,9 +8,9 @@ import sys
 import pytest
 from absl import flags
 
-from memagent_jax import configuration
-from memagent_jax.config_keys import check_run_keys
-from memagent_jax.rl.config import loss_config, optimizer_config, run_settings
+from memagent_jax.run import configuration
+from memagent_jax.run.config_keys import check_run_keys
+from memagent_jax.run.settings import loss_config, optimizer_config, run_settings
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.py"

@@ -7,7 +7,7 @@ import sys
 import pytest
 from absl import flags
 
-from memagent_jax import configuration
+from memagent_jax.run import configuration
 from memagent_jax.model.config import get_preset
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -71,7 +71,7 @@ def test_semantic_errors_name_the_field():
 
 
 def test_a_decaying_schedule_spans_its_phase_unless_told_otherwise():
-    from memagent_jax.rl.config import optimizer_config
+    from memagent_jax.run.settings import optimizer_config
     from memagent_jax.rl.optimizer import learning_rate_schedule
 
     config = _parse("--config.sft.steps=40", "--config.sft.optimizer.schedule=cosine",

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from memagent_jax.data.corpus import FILLER
+from fixture_data import FILLER
 from memagent_jax.rl.copy_warmup import (SEPARATOR, CopyBatches, CopyTaskConfig, CopyVocabulary, copyable_ids,
                                          copy_sequence, digit_ids)
 from memagent_jax.rl.sft import end_of_turn_id

@@ -6,9 +6,9 @@ import pathlib
 
 import pytest
 
-from memagent_jax.data.corpus import FILLER
+from fixture_data import FILLER
 from memagent_jax.data.document import Sample, Span, TextDocument, split_pieces
-from memagent_jax.data.testing import tiny_bpe_tokenizer, tiny_sp_tokenizer
+from fixture_data import tiny_bpe_tokenizer, tiny_sp_tokenizer
 
 TEXT = (
     "Document 1:\nAlpha Town\nAlpha Town is a city.  It has 3 parks.\n\n"

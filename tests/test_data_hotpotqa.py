@@ -16,7 +16,7 @@ from memagent_jax.data.errors import RecordError
 from memagent_jax.data.hotpotqa import RulerHQASource, load_hotpotqa, main, write_ruler_hqa
 from memagent_jax.data.pool import draw_distractors
 from memagent_jax.data.readers import open_source
-from memagent_jax.data.testing import hotpotqa_questions, tiny_sp_tokenizer
+from fixture_data import hotpotqa_questions, tiny_sp_tokenizer
 from memagent_jax.data.writers import write_jsonl, write_parquet
 
 

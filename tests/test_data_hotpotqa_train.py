@@ -14,7 +14,7 @@ from memagent_jax.data.errors import RecordError
 from memagent_jax.data.heldout import EVALUATION_QUESTION, HOLDS_EVALUATION_GOLD
 from memagent_jax.data.hotpotqa_train import build_training_set, main, read_split, train_schema
 from memagent_jax.data.parquet import ParquetSource
-from memagent_jax.data.testing import hotpotqa_questions
+from fixture_data import hotpotqa_questions
 
 
 def _write(path: pathlib.Path, questions: list) -> pathlib.Path:

@@ -14,7 +14,7 @@ from memagent_jax.data.pipeline import AgentSample, make_pipeline, skip_metrics
 from memagent_jax.data.readers import JsonlSource
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import make_task
-from memagent_jax.data.testing import tiny_sp_tokenizer
+from fixture_data import tiny_sp_tokenizer
 from memagent_jax.data.writers import write_jsonl
 
 

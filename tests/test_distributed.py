@@ -2,7 +2,7 @@
 
 import pytest
 
-from memagent_jax.distributed import Cluster, cluster_from_env, first_host, initialize
+from memagent_jax.parallel.cluster import Cluster, cluster_from_env, first_host, initialize
 
 
 def test_no_variables_is_a_single_process():

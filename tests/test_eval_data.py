@@ -7,9 +7,9 @@ from __future__ import annotations
 import pathlib
 import shutil
 
-from memagent_jax.eval_data import open_eval_files, ruler_layout
-from memagent_jax.eval_report import format_file_table, summarize
-from memagent_jax.eval_store import ResultStore
+from memagent_jax.run.eval_data import open_eval_files, ruler_layout
+from memagent_jax.run.eval_report import format_file_table, summarize
+from memagent_jax.run.eval_store import ResultStore
 
 BASE = pathlib.Path(__file__).parent / "fixtures" / "ruler" / "base"
 TASKS = ["niah_multikey_2", "niah_multiquery", "niah_multivalue", "niah_single_1", "vt"]

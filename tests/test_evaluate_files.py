@@ -14,13 +14,13 @@ import pytest
 
 from memagent_jax.agent.memory_agent import Conversation, Trajectory
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.data.corpus import tokenizer_corpus
+from fixture_data import tokenizer_corpus
 from memagent_jax.data.records import parse_record
 from memagent_jax.data.ruler_qa import HEAD as RULER_QA_HEAD
-from memagent_jax.eval_data import open_eval_files
-from memagent_jax.eval_files import FileEvalConfig, Progress, evaluate_files, score_sample
-from memagent_jax.eval_report import summarize
-from memagent_jax.eval_store import ResultStore
+from memagent_jax.run.eval_data import open_eval_files
+from memagent_jax.run.eval_files import FileEvalConfig, Progress, evaluate_files, score_sample
+from memagent_jax.run.eval_report import summarize
+from memagent_jax.run.eval_store import ResultStore
 from memagent_jax.tokenizer import load_tokenizer
 
 SMALL = ["--chunk_size=64", "--max_memory_tokens=8", "--max_answer_tokens=8", "--max_question_tokens=64",
@@ -229,7 +229,7 @@ def test_a_checkpoint_written_by_transformers_with_its_own_chat_template(tmp_pat
     import torch
     import transformers
 
-    from memagent_jax.data.testing import tiny_bpe_tokenizer
+    from fixture_data import tiny_bpe_tokenizer
 
     folder = tmp_path / "hf"
     tokenizer = tiny_bpe_tokenizer(folder)

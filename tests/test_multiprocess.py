@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from memagent_jax.metrics import read_jsonl
+from memagent_jax.run.metrics import read_jsonl
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = pathlib.Path(__file__).resolve().parent / "tiny_run_config.py"

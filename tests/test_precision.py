@@ -11,11 +11,11 @@ import optax
 import pytest
 from flax import nnx
 
-from memagent_jax import configuration
-from memagent_jax.configuration import ConfigError
+from memagent_jax.run import configuration
+from memagent_jax.run.config_error import ConfigError
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.rl.config import run_settings
+from memagent_jax.run.settings import run_settings
 from memagent_jax.rl.optimizer import OptimizerConfig, make_optimizer
 from memagent_jax.rl.packing import TrainSequence, micro_batches, pack
 from memagent_jax.rl.precision import cast_floating, precision_problems, smallest_moving_learning_rate
@@ -176,7 +176,7 @@ def test_the_config_check_rejects_bfloat16_masters_or_state_at_the_papers_rate()
 def test_resume_is_exact_with_float32_masters_under_bfloat16_compute(tmp_path):
     """Orbax round trip of float32 masters and Adam state mid-run: the resumed steps equal the uninterrupted
     ones bit for bit, and nothing comes back in another dtype."""
-    from memagent_jax.checkpoint import Checkpointer, abstract_like
+    from memagent_jax.run.checkpoint import Checkpointer, abstract_like
 
     cfg = CFG.replace(dtype="bfloat16", param_dtype="float32")
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(2)))

@@ -6,8 +6,8 @@ import time
 
 import jax
 
-from memagent_jax.answer import _ChunkProgress
-from memagent_jax.progress import progress_bar
+from memagent_jax.run.answering import ChunkProgress
+from memagent_jax.run.progress import progress_bar
 
 
 class FakeTTY(io.StringIO):
@@ -73,7 +73,7 @@ def test_silent_when_disabled_or_off_process_zero(monkeypatch):
 
 def test_answer_bar_counts_chunks_answered_not_bytes_read(capsys):
     # A small document is read whole before the first chunk is answered: 300 tokens in chunks of 50.
-    progress = _ChunkProgress(total_bytes=1200, chunk_size=50)
+    progress = ChunkProgress(total_bytes=1200, chunk_size=50)
     progress.bytes_read = 1200
     progress.tokens_read(300)
     progress.chunk_done(1)
@@ -87,7 +87,7 @@ def test_answer_bar_counts_chunks_answered_not_bytes_read(capsys):
 
 
 def test_answer_bar_total_is_extrapolated_from_the_share_read(capsys):
-    progress = _ChunkProgress(total_bytes=4000, chunk_size=50)
+    progress = ChunkProgress(total_bytes=4000, chunk_size=50)
     progress.bytes_read = 1000  # a quarter of the file gave 100 tokens: about 400 in all, 8 chunks
     progress.tokens_read(100)
     progress.chunk_done(1)

@@ -6,8 +6,8 @@ import sys
 
 import pytest
 
-from memagent_jax.configuration import ConfigError
-from memagent_jax.evaluation import EvalConfig, write_results
+from memagent_jax.run.config_error import ConfigError
+from memagent_jax.run.evaluation import EvalConfig, write_results
 from memagent_jax.sweep import expand, final_metrics, main, parse_axis, point_name, summarize
 
 CONFIG = str(pathlib.Path(__file__).resolve().parent / "tiny_run_config.py")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.data.corpus import tokenizer_corpus
+from fixture_data import tokenizer_corpus
 from memagent_jax.data.task_corpus import task_corpus
 from memagent_jax.data.words import ADJECTIVES, NOUNS, VERBS, key_space, word_split
 from memagent_jax.tokenizer import load_tokenizer, train_sentencepiece

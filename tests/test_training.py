@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from memagent_jax.configuration import ConfigError
-from memagent_jax.metrics import read_jsonl
+from memagent_jax.run.config_error import ConfigError
+from memagent_jax.run.metrics import read_jsonl
 from tiny_run_config import tiny_config
 
 
@@ -30,7 +30,7 @@ def _metrics(workdir):
 
 
 def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_dir):
-    from memagent_jax.training import TrainingRun
+    from memagent_jax.run.training import TrainingRun
 
     config = _config(tmp_path / "whole", tokenizer_dir, retrieval=1)
     config.eval.enabled = True
@@ -56,7 +56,7 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     assert (whole / "tokenizer.model").is_file()
     # memagent-answer reads the trained checkpoint with the agent sizes it was trained with.
     from memagent_jax.agent.memory_agent import AgentConfig, load_sizes
-    from memagent_jax.answer import answer_document
+    from memagent_jax.run.answering import answer_document
 
     sizes = load_sizes(whole)
     assert sizes == {"chunk_size": 64, "max_memory_tokens": 12, "max_answer_tokens": 8, "max_question_tokens": 40,
@@ -88,7 +88,7 @@ def test_run_resumes_exactly_and_exports_an_hf_checkpoint(tmp_path, tokenizer_di
     (("copy", "max_gap_tokens", None, 16), "longest copy sequence"),
 ])
 def test_config_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, override, message):
-    from memagent_jax.training import TrainingRun
+    from memagent_jax.run.training import TrainingRun
 
     config = _config(tmp_path, tokenizer_dir, copy=1)
     section, key, sub, value = override
@@ -104,7 +104,7 @@ def test_config_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, ov
 def test_sft_and_grpo_train_from_a_parquet_file_mixed_with_a_synthetic_task(tmp_path, tokenizer_dir):
     """A Parquet file in MemAgent's exact schema (written with pyarrow) beside a synthetic task, in SFT (its
     supporting facts are the oracle memory) and in GRPO; skipped records are counted in the metrics."""
-    from memagent_jax.training import TrainingRun
+    from memagent_jax.run.training import TrainingRun
     from test_data_sources import write_train_parquet
 
     write_train_parquet(tmp_path / "train.parquet", 8)
@@ -127,7 +127,7 @@ def test_sft_and_grpo_train_from_a_parquet_file_mixed_with_a_synthetic_task(tmp_
     ("sft", {"path": "NOEVIDENCE"}, r"config.sft.sources\[0\]: the records of .* mark no evidence"),
 ])
 def test_data_source_errors_stop_before_anything_is_built(tmp_path, tokenizer_dir, phase, entry, message):
-    from memagent_jax.training import TrainingRun
+    from memagent_jax.run.training import TrainingRun
     from test_data_sources import write_train_parquet
 
     write_train_parquet(tmp_path / "plain.parquet", 2, evidence=False)
@@ -143,7 +143,7 @@ def test_the_run_evaluates_its_exports_on_config_eval_data(tmp_path, tokenizer_d
     on it by file and length after training."""
     import json
 
-    from memagent_jax.training import TrainingRun
+    from memagent_jax.run.training import TrainingRun
 
     rows = [{"context": f"Document 1:\nItem {i} is in city{i}.\n", "input": f"Where is item {i}?",
              "answers": [f"city{i}"], "num_docs": 1, "index": i} for i in range(2)]

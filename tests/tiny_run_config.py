@@ -8,7 +8,7 @@ import pathlib
 
 import ml_collections
 
-from memagent_jax.configuration import load_config_file
+from memagent_jax.run.configuration import load_config_file
 from memagent_jax.model.sharding import DEFAULT_RULES
 
 QUICKSTART = pathlib.Path(__file__).resolve().parent.parent / "configs" / "quickstart.py"

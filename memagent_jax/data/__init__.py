@@ -5,7 +5,7 @@ Modules (import them directly; this package imports nothing so `import memagent_
   tasks      make_task(name, tokenizer, target_tokens, key_split=): RULER's task definitions (niah_*, vt*) and
              multihop_qa; keys from a training or an evaluation half of RULER's vocabulary (words)
   niah, vt, multihop   the generators; synthetic: base class, SyntheticSource (Grain source)
-  haystack, length     lazy haystack documents; token-length planning (exact or calibrated)
+  haystack, length     lazy haystack documents (RULER's filler line); token-length planning (exact or calibrated)
   readers, parquet     JSONL / JSON-array / Parquet sources of MemAgent and RULER records (open_source)
   record_source   their base: format parsing, the bad-record policy, skip accounting
   records, writers     record formats <-> Sample; MemAgent-format writers (JSONL streamed, Parquet), atomic
@@ -18,5 +18,5 @@ Modules (import them directly; this package imports nothing so `import memagent_
   export     command line: write synthetic tasks in MemAgent's training/evaluation format
   words      RULER's adjective and noun lists (wonderwords), split by word between training and evaluation
   task_corpus   tokenizer training text (every training word, the tasks' lines, the agent's templates)
-  errors     RecordError, skip accounting; corpus, testing: text and tokenizers for tests
+  errors     RecordError, skip accounting
 """

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from memagent_jax.commands import parse_command
+from memagent_jax.command_line import parse_command
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
 from memagent_jax.data.words import KEY_SPLITS

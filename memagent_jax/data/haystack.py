@@ -15,10 +15,13 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from memagent_jax.data.corpus import FILLER
 from memagent_jax.data.document import Document, Span
 
 __all__ = ["BlockStream", "FillerLines", "HaystackDocument", "UnitStream", "doc_header"]
+
+
+# RULER's noise haystack line (RULER's synthetic tasks, Hsieh et al., 2024).
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again."
 
 
 class UnitStream(abc.ABC):

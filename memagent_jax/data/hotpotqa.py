@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import flags
 
-from memagent_jax.commands import parse_command
+from memagent_jax.command_line import parse_command
 from memagent_jax.data.document import Document, Sample, Span, TextTokenizer
 from memagent_jax.data.errors import OnError, RecordError, SkipLog, check_on_error, one_line_errors
 from memagent_jax.data.haystack import doc_header

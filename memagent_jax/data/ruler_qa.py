@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 from absl import flags
 
-from memagent_jax.commands import parse_command
+from memagent_jax.command_line import parse_command
 from memagent_jax.data.document import TextTokenizer
 from memagent_jax.data.errors import OnError, one_line_errors
 from memagent_jax.data.haystack import doc_header

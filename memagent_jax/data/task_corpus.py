@@ -14,7 +14,7 @@ import random
 from typing import Iterator
 
 from memagent_jax.agent.prompts import EMPTY_MEMORY, FINAL_ANSWER_TEMPLATE, INITIAL_MEMORY, MEMORY_UPDATE_TEMPLATE
-from memagent_jax.data.corpus import FILLER
+from memagent_jax.data.haystack import FILLER
 from memagent_jax.data.niah import join_keys, needle_head, needle_line
 from memagent_jax.data.vt import VT_HEAD, vt_question
 from memagent_jax.data.words import ADJECTIVES, NOUNS, VERBS, key_space, word_split

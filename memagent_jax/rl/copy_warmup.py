@@ -23,7 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
-from memagent_jax.data.corpus import FILLER
+from memagent_jax.data.haystack import FILLER
 from memagent_jax.rl.packing import TrainSequence
 from memagent_jax.tokenizer import Tokenizer
 

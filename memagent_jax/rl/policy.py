@@ -17,7 +17,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from memagent_jax import multihost
+from memagent_jax.parallel import collectives
 from memagent_jax.model.sharding import Rules, as_mesh_axes, batch_sharding
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, make_optimizer
@@ -76,11 +76,11 @@ class Policy:
     def _device_batch(self, sequences: Sequence[TrainSequence]) -> tuple[dict[str, jax.Array], Any]:
         packed, stats = pack(sequences, self.shape.row_len, self.update_config.max_segments, self.local_rows)
         micro = micro_batches(packed, self.local_rows)
-        if not multihost.is_multiprocess():
+        if not collectives.is_multiprocess():
             return {k: jax.device_put(v, self.batch_sharding) for k, v in micro.items()}, stats
         # Each process packed its own sequences: the global batch is their rows side by side, with as many
         # micro-batches as the process that needs most (the others add empty ones, whose compute is skipped).
-        count = multihost.agree_max(len(micro["tokens"]))
+        count = collectives.agree_max(len(micro["tokens"]))
         out = {}
         for name, local in micro.items():
             local = np.concatenate([local, np.zeros((count - len(local), *local.shape[1:]), local.dtype)])
@@ -90,12 +90,12 @@ class Policy:
 
     def train(self, mini_batches: Sequence[Sequence[TrainSequence]]) -> dict[str, float]:
         """One step: every mini-batch is an optimizer update (times ppo_epochs). Returns averaged metrics."""
-        if multihost.is_multiprocess():
+        if collectives.is_multiprocess():
             # Every process runs the same number of updates; a process short of data adds empty ones (its
             # share of that update is then nothing), and an update no process has data for is left out.
-            count = multihost.agree_max(len(mini_batches))
+            count = collectives.agree_max(len(mini_batches))
             padded = list(mini_batches) + [[]] * (count - len(mini_batches))
-            mini_batches = [m for m, used in zip(padded, multihost.gather(np.asarray([bool(m) for m in padded])).any(0))
+            mini_batches = [m for m, used in zip(padded, collectives.gather(np.asarray([bool(m) for m in padded])).any(0))
                             if used]
         else:
             mini_batches = [m for m in mini_batches if m]

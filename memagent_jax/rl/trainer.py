@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
-from memagent_jax import multihost
+from memagent_jax.parallel import collectives
 from memagent_jax.agent.memory_agent import MemoryAgent
 from memagent_jax.data.pipeline import AgentSample
 from memagent_jax.engine.engine import Engine
@@ -128,7 +128,7 @@ class GRPOTrainer:
                 new = [g for g in new if not g.uniform]
             groups.extend(new)
             # Processes draw in lock-step (their data iterators stay aligned): stop once all have enough.
-            if not multihost.agree_any(len(groups) < self.local_batch):
+            if not collectives.agree_any(len(groups) < self.local_batch):
                 break
         groups = groups[: self.local_batch]
         rollout_seconds = time.perf_counter() - start

@@ -12,8 +12,8 @@ from typing import Any, Callable, TypeVar
 import ml_collections
 
 from memagent_jax.agent.memory_agent import AgentConfig
-from memagent_jax.config_keys import check_run_keys
-from memagent_jax.configuration import ConfigError
+from memagent_jax.run.config_keys import check_run_keys
+from memagent_jax.run.config_error import ConfigError
 from memagent_jax.data.tasks import TASKS
 from memagent_jax.engine.requests import EngineConfig
 from memagent_jax.rl.copy_warmup import CopyTaskConfig

@@ -13,9 +13,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from memagent_jax import configuration
-from memagent_jax.memory_budget import DEVICE_MEMORY_BYTES, Budget, check_fits, format_budget, per_device_budget
-from memagent_jax.rl.config import RunSettings
+from memagent_jax.run import configuration
+from memagent_jax.run.memory_budget import DEVICE_MEMORY_BYTES, Budget, check_fits, format_budget, per_device_budget
+from memagent_jax.run.settings import RunSettings
 from memagent_jax.rl.optimizer import make_optimizer
 
 

@@ -10,7 +10,8 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from memagent_jax import configuration, multihost
+from memagent_jax.run import configuration
+from memagent_jax.parallel import collectives
 from memagent_jax.data.task_corpus import task_corpus
 from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
@@ -40,7 +41,7 @@ def build_tokenizer(config: ml_collections.ConfigDict, workdir: pathlib.Path) ->
                                     digit_group=config.tokenizer.digit_group)
             except ValueError as err:
                 raise configuration.ConfigError(f"config.tokenizer: {err}") from err
-        multihost.barrier(f"tokenizer {turn}")
+        collectives.barrier(f"tokenizer {turn}")
     tokenizer = load_tokenizer(target)
     if tokenizer.vocab_size > config.model.vocab_size:
         raise configuration.ConfigError(

@@ -14,7 +14,7 @@ from typing import Mapping
 
 import ml_collections
 
-from memagent_jax.configuration import ConfigError
+from memagent_jax.run.config_error import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,7 +8,7 @@ one PPO epoch.
 
 import ml_collections
 
-from memagent_jax.configuration import (copy_section, mesh_section, model_section, optimizer_section, output_sections,
+from memagent_jax.run.configuration import (copy_section, mesh_section, model_section, optimizer_section, output_sections,
                                         retrieval_section, sharding_section, tensor_parallel_rules)
 
 # MemAgent: AdamW, lr 1e-6, 20 warm-up steps then constant, weight decay 0.01, global-norm clip 1.0.

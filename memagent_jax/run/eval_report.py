@@ -13,10 +13,10 @@ import pathlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from memagent_jax.eval_data import Bucket, EvalFile, bucket_label
-from memagent_jax.eval_files import SCORES
-from memagent_jax.eval_store import ResultStore, sample_key
-from memagent_jax.evaluation import draw_lines, length_label
+from memagent_jax.run.eval_data import Bucket, EvalFile, bucket_label
+from memagent_jax.run.eval_files import SCORES
+from memagent_jax.run.eval_store import ResultStore, sample_key
+from memagent_jax.run.evaluation import draw_lines, length_label
 
 __all__ = ["format_file_table", "summarize", "write_file_results"]
 

@@ -17,13 +17,11 @@ from absl import flags
 from ml_collections import config_flags
 from ml_collections.config_dict import placeholder
 
-from memagent_jax import commands
+from memagent_jax import command_line
 from memagent_jax.model.config import ModelConfig, RopeScaling, get_preset
 from memagent_jax.model.sharding import DEFAULT_RULES, MESH_AXES, rules_from_config
+from memagent_jax.run.config_error import ConfigError
 
-
-class ConfigError(ValueError):
-    """A config file or command-line override is wrong; the message names the key."""
 
 
 def model_section(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
@@ -146,7 +144,7 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     """Runs a config file's get_config() and checks its keys (config_keys.py): a key no part of the run reads,
     or one the run needs and the file lacks, is a ConfigError naming it. Every command that takes a config
     loads it here first, before anything is built."""
-    from memagent_jax.config_keys import check_run_keys  # imports the settings' dataclasses
+    from memagent_jax.run.config_keys import check_run_keys  # imports the settings' dataclasses
 
     module = runpy.run_path(path)
     if "get_config" not in module:
@@ -233,4 +231,4 @@ def run_main(main: Callable[[list[str]], None], module_name: str = "__main__") -
         except ConfigError as err:
             raise SystemExit(f"error: {err}") from None
 
-    commands.run_app(guarded, module_name, flags_parser=absl_flags_parser, key_flags=("config",))
+    command_line.run_app(guarded, module_name, flags_parser=absl_flags_parser, key_flags=("config",))

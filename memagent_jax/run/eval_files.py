@@ -21,9 +21,9 @@ from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent,
 from memagent_jax.agent.verify import best_of, boxed_reward, exact_match, extract_answer, f1_score, \
     string_match_all_single, string_match_part_single, sub_em
 from memagent_jax.data.document import Sample
-from memagent_jax.eval_data import EvalFile
-from memagent_jax.eval_store import ResultStore, sample_key
-from memagent_jax.progress import progress_bar
+from memagent_jax.run.eval_data import EvalFile
+from memagent_jax.run.eval_store import ResultStore, sample_key
+from memagent_jax.run.progress import progress_bar
 
 __all__ = ["SAMPLING", "FileEvalConfig", "Progress", "evaluate_files", "open_evaluation", "score_sample"]
 
@@ -77,7 +77,7 @@ def score_sample(sample: Sample, trajectories: Sequence[Trajectory], metric: str
 
 
 class Progress:
-    """A bar of samples done (memagent_jax.progress, on stderr) with document tokens read, tokens/s and an ETA.
+    """A bar of samples done (memagent_jax.run.progress, on stderr) with document tokens read, tokens/s and an ETA.
 
     The ETA turns the characters still to read into tokens with the ratio seen so far (before the first
     sample ends, the ratio measured on a piece of the first document): samples differ in length, so tqdm's
@@ -151,7 +151,7 @@ def open_evaluation(patterns: Sequence[str], cfg: FileEvalConfig, out: str | os.
                     max_records: int = 0) -> tuple[list[EvalFile], ResultStore]:
     """Everything checked before a model loads: the files and their records, every question against each
     checkpoint's tokenizer, and the results store in `out` (same settings or a clear refusal)."""
-    from memagent_jax.eval_data import check_questions, open_eval_files
+    from memagent_jax.run.eval_data import check_questions, open_eval_files
 
     files = open_eval_files(patterns, on_bad_record, metric, max_records)
     for tokenizer in tokenizers:
@@ -163,7 +163,8 @@ def evaluate_files(named: Mapping[str, str | os.PathLike], files: Sequence[EvalF
                    store: ResultStore, progress: Progress | None = None) -> dict[str, Any]:
     """Runs every checkpoint on every kept record of `files` not yet in `store`; returns this run's
     throughput ({"samples", "document_tokens", "seconds", "tokens_per_s"}, compilation included)."""
-    from memagent_jax.evaluation import open_agent, size_engine  # jax loads only when there is work
+    from memagent_jax.agent.engine_sizing import size_engine  # jax loads only when there is work
+    from memagent_jax.run.checkpoint_agent import open_agent
 
     progress = progress or Progress()
     engine, samples_run, started = None, 0, time.perf_counter()

@@ -19,27 +19,28 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from memagent_jax import configuration, multihost
+from memagent_jax.run import configuration
+from memagent_jax.parallel import collectives
 from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent, check_fits
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.checkpoint import Checkpointer
+from memagent_jax.run.checkpoint import Checkpointer
 from memagent_jax.data.mixture import MixtureSource
 from memagent_jax.data.pipeline import make_pipeline
 from memagent_jax.data.sources import SourceError, build_sources, parse_sources
 from memagent_jax.engine.engine import Engine
-from memagent_jax.metrics import MetricsWriter, device_peak_flops, mfu, model_flops_per_token
+from memagent_jax.run.metrics import MetricsWriter, device_peak_flops, mfu, model_flops_per_token
 from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.progress import progress_bar
-from memagent_jax.rl.config import RunSettings, copy_settings, run_settings
+from memagent_jax.run.progress import progress_bar
+from memagent_jax.run.settings import RunSettings, copy_settings, run_settings
 from memagent_jax.rl.copy_warmup import CopyBatches
 from memagent_jax.rl.policy import Policy
 from memagent_jax.rl.retrieval_warmup import retrieval_batch
 from memagent_jax.rl.sft import end_of_turn_id
 from memagent_jax.rl.trainer import GRPOTrainer, SFTTrainer, batches_from
-from memagent_jax.rollout_layout import RolloutLayout
-from memagent_jax.run_budget import check_run_budget
-from memagent_jax.runtime import build_mesh, build_model, build_tokenizer
+from memagent_jax.rl.rollout_layout import RolloutLayout
+from memagent_jax.run.budget_check import check_run_budget
+from memagent_jax.run.builders import build_mesh, build_model, build_tokenizer
 from memagent_jax.tokenizer import Tokenizer
 
 PHASES = ("copy", "retrieval", "sft", "rl")
@@ -205,7 +206,7 @@ class TrainingRun:
             if metrics.get("skipped"):
                 logging.warning("%s step %d: %d update(s) skipped for a non-finite loss or gradient; weights and "
                                 "optimizer state kept", phase, step + 1, int(metrics["skipped"]))
-            metrics = multihost.reduce_metrics(metrics)  # each process saw its share of the batch
+            metrics = collectives.reduce_metrics(metrics)  # each process saw its share of the batch
             metrics.update(skipped)  # the same on every process: each indexed the whole files
             self._flops_metrics(policy, metrics)
             self.writer.write(step + 1, {f"{phase}/{k}": v for k, v in metrics.items()})
@@ -244,7 +245,7 @@ class TrainingRun:
                 f"this tokenizer's separator); raise copy.row_len or lower copy.max_tokens / copy.max_gap_tokens")
 
     def _eval_config(self) -> Any:
-        from memagent_jax.evaluation import LONG_LENGTHS, EvalConfig
+        from memagent_jax.run.evaluation import LONG_LENGTHS, EvalConfig
 
         section, agent = self.config.eval, self.settings.agent
         lengths = tuple(section.lengths) + (LONG_LENGTHS if section.long else ())
@@ -258,7 +259,7 @@ class TrainingRun:
             raise configuration.ConfigError(f"config.eval: {err}") from err
 
     def _file_eval_config(self) -> Any:
-        from memagent_jax.eval_files import FileEvalConfig
+        from memagent_jax.run.eval_files import FileEvalConfig
 
         agent, section = self.settings.agent, self.config.eval
         sizes = {name: getattr(agent, name) for name in ("chunk_size", "max_memory_tokens", "max_answer_tokens",
@@ -268,7 +269,7 @@ class TrainingRun:
 
     def _open_eval_data(self) -> list[Any]:
         """config.eval.data (files or globs, e.g. RULER-HQA): opened and checked now, as a ConfigError."""
-        from memagent_jax.eval_data import check_questions, open_eval_files
+        from memagent_jax.run.eval_data import check_questions, open_eval_files
 
         patterns = self.config.eval.data
         patterns = (patterns,) if isinstance(patterns, str) else tuple(patterns)
@@ -283,9 +284,9 @@ class TrainingRun:
 
     def _evaluate_files(self, named: dict[str, pathlib.Path]) -> str:
         """The exports on config.eval.data's files (resumable in {workdir}/eval_data); returns the table."""
-        from memagent_jax.eval_files import Progress, evaluate_files
-        from memagent_jax.eval_report import format_file_table, summarize, write_file_results
-        from memagent_jax.eval_store import ResultStore
+        from memagent_jax.run.eval_files import Progress, evaluate_files
+        from memagent_jax.run.eval_report import format_file_table, summarize, write_file_results
+        from memagent_jax.run.eval_store import ResultStore
 
         cfg, out = self._file_eval_config(), self.workdir / "eval_data"
         store = ResultStore(out / "samples.jsonl", cfg.settings())
@@ -298,7 +299,7 @@ class TrainingRun:
     def evaluate(self) -> str | None:
         """SFT-only and SFT+GRPO side by side (config.eval) on held-out synthetic samples by length, or on
         config.eval.data's files; returns the table."""
-        from memagent_jax.evaluation import evaluate_checkpoints, format_table, write_results
+        from memagent_jax.run.evaluation import evaluate_checkpoints, format_table, write_results
 
         if not self.config.eval.enabled or not self.is_main:
             return None
@@ -326,11 +327,11 @@ class TrainingRun:
         part in gathering weights that span processes)."""
         directory = self.workdir / folder
         model = self.model()
-        if multihost.is_multiprocess():
-            model = nnx.merge(self.graphdef, multihost.host_copy(self.params))
+        if collectives.is_multiprocess():
+            model = nnx.merge(self.graphdef, collectives.host_copy(self.params))
         if self.is_main:
             export_model(model, self.tokenizer_dir, directory, self.settings.agent)
-        multihost.barrier(f"export {folder}")
+        collectives.barrier(f"export {folder}")
         return directory
 
     def run(self) -> pathlib.Path:

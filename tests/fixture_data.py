@@ -1,19 +1,45 @@
-"""For data tests: small tokenizers (trained offline in well under a second from our own corpus) and
-small HotpotQA/SQuAD-format files (so builder tests never need the downloaded data)."""
+"""Test fixtures for data and tokenizer tests: a small deterministic corpus in the style of the synthetic tasks,
+tokenizers trained offline from it in well under a second, and small HotpotQA/SQuAD-format records (so builder
+tests never need the downloaded data)."""
 
 from __future__ import annotations
 
 import json
 import pathlib
-from typing import Any
+import random
+from typing import Any, Iterator
 
 import numpy as np
 
-from memagent_jax.data.corpus import tokenizer_corpus
+from memagent_jax.data.haystack import FILLER
 from memagent_jax.data.words import key_space
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
 
-__all__ = ["hotpotqa_questions", "squad_dataset", "tiny_bpe_tokenizer", "tiny_sp_tokenizer"]
+_ADJECTIVES = ("jittery", "calm", "bright", "silent", "eager", "brave", "gentle", "rapid", "quiet", "bold")
+_NOUNS = ("hospital", "river", "garden", "window", "forest", "station", "mirror", "engine", "harbor", "castle")
+
+
+def tokenizer_corpus(num_lines: int, seed: int = 0) -> Iterator[str]:
+    """Filler lines, needles, questions, variable assignments and boxed answers, deterministic in seed."""
+    if num_lines < 0:
+        raise ValueError(f"num_lines must be >= 0, got {num_lines}")
+    rng = random.Random(seed)
+    for i in range(num_lines):
+        key = f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}"
+        value = rng.randrange(1_000_000, 10_000_000)
+        name = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(5))
+        kind = i % 5
+        if kind == 0:
+            yield FILLER
+        elif kind == 1:
+            yield f"One of the special magic numbers for {key} is: {value}."
+        elif kind == 2:
+            yield f"What is the special magic number for {key} mentioned in the provided text?"
+        elif kind == 3:
+            yield f"VAR {name} = {value % 100000:05d} and the answer is \\boxed{{{value}}}"
+        else:
+            yield f"No previous memory. Updated memory: the number for {key} is {value}."
+
 
 # The Qwen2 pre-tokenizer split (Llama 3's differs only in grouping up to 3 digits).
 QWEN_SPLIT = (

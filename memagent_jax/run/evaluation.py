@@ -23,9 +23,8 @@ import pathlib
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from flax import nnx
 
-from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, AgentTask, MemoryAgent, Trajectory
+from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, AgentTask, Trajectory
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.agent.verify import boxed_reward, extract_answer, extract_last_boxed, string_match_all_single, \
     string_match_part_single
@@ -35,15 +34,11 @@ from memagent_jax.data.tasks import TASKS, make_task
 from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
-from memagent_jax.engine_sizing import size_engine
-from memagent_jax.model.config import ModelConfig
-from memagent_jax.model.hf import load_hf_checkpoint
-from memagent_jax.model.transformer import Transformer
-from memagent_jax.tokenizer import load_tokenizer
+from memagent_jax.agent.engine_sizing import size_engine
+from memagent_jax.run.checkpoint_agent import open_agent
 
 __all__ = ["EvalConfig", "LONG_LENGTHS", "draw_lines", "evaluate_checkpoint", "evaluate_checkpoints", "format_table",
-           "length_label", "open_agent", "plot_accuracy", "read_results", "score_trajectories", "size_engine",
-           "write_results"]
+           "length_label", "plot_accuracy", "read_results", "score_trajectories", "write_results"]
 
 # Training draws its samples with seeds config.seed * 1000 + 1 (SFT) and + 2 (RL); see training.phase_data.
 TRAINING_SEED_OFFSETS = (1, 2)
@@ -223,36 +218,6 @@ def evaluate_checkpoints(named: Mapping[str, str | os.PathLike], cfg: EvalConfig
         report = None if on_progress is None else (lambda cell, name=name: on_progress(name, cell))
         results[name], engine = _evaluate(path, cfg, report, engine)
     return results
-
-
-def _engine_for(model: Transformer, model_cfg: ModelConfig, engine_cfg: EngineConfig,
-                previous: Engine | None) -> Engine:
-    """`previous` with `model`'s weights when architecture and settings match (no new compilations; the
-    engine drops its cached prompts), else a new engine."""
-    if previous is not None and previous.model_config == model_cfg and previous.config == engine_cfg:
-        previous.update_weights(nnx.split(model)[1])
-        return previous
-    return Engine(model, engine_cfg)
-
-
-def open_agent(checkpoint_dir: str | os.PathLike, agent_cfg: AgentConfig,
-               engine_config: Callable[[AgentPrompts], EngineConfig], previous: Engine | None = None) -> MemoryAgent:
-    """A memory agent on the checkpoint's weights and tokenizer (its chat template builds the prompts), on
-    `previous`'s engine when architecture and `engine_config(prompts)` match (no new compilations)."""
-    checkpoint = pathlib.Path(checkpoint_dir)
-    if not checkpoint.is_dir():
-        raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
-    tokenizer = load_tokenizer(checkpoint)
-    model, model_cfg = load_hf_checkpoint(checkpoint)
-    prompts = AgentPrompts.build(tokenizer)
-    engine_cfg = engine_config(prompts)
-    if engine_cfg.max_seq_len > model_cfg.max_position_embeddings:
-        raise ValueError(f"chunk, memory, question and answer sizes need {engine_cfg.max_seq_len} positions but "
-                         f"{checkpoint} has max_position_embeddings={model_cfg.max_position_embeddings}: "
-                         f"lower chunk_size or max_memory_tokens")
-    engine = _engine_for(model, model_cfg, engine_cfg, previous)
-    del model  # the engine holds its own copy of the weights
-    return MemoryAgent(engine, tokenizer, agent_cfg, prompts)
 
 
 def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
