@@ -8,6 +8,7 @@ the program with one message naming the key, before anything is built or compile
 from __future__ import annotations
 
 import dataclasses
+import os
 import runpy
 from typing import Any, Callable, Sequence
 
@@ -127,7 +128,13 @@ def mesh_shape(section: ml_collections.ConfigDict) -> dict[str, int]:
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """Runs a config file's get_config() (for tools and tests; entry points use the flag)."""
-    module = runpy.run_path(path)
+    # runpy would run a folder's __main__ or fail with ImportError/FileNotFoundError that name no flag.
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config={path}: no config file there (give a configs/*.py file)")
+    try:
+        module = runpy.run_path(path)
+    except SyntaxError as err:  # e.g. --config=README.md
+        raise ConfigError(f"--config={path}: not a Python config file: {err}") from None
     if "get_config" not in module:
         raise ConfigError(f"{path} defines no get_config()")
     return module["get_config"]()
