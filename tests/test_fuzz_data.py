@@ -199,3 +199,13 @@ def test_too_deeply_nested_json_names_the_file(tmp_path: pathlib.Path, suffix: s
         open_source(path)
     with pytest.raises(RecordError, match="nested too deeply"):
         read_json(path)
+
+
+@pytest.mark.parametrize("row, message", [
+    ({"context": "", "query": "Q?", "outputs": ["1"], "input": "x"}, "empty context"),
+    ({"context": "doc", "query": " ", "outputs": ["1"], "input": "x"}, "empty field 'query'"),
+    ({"context": "doc", "question": "", "outputs": ["1"], "input": "x"}, "empty field 'question'"),
+])
+def test_ruler_rows_with_their_own_context_and_query_need_both(row: dict, message: str) -> None:
+    with pytest.raises(BadRecord, match=message):
+        parse_record(row, 0)
