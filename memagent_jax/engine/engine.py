@@ -219,6 +219,12 @@ class Engine:
         need = -(-(len(prompt) + 1) // cfg.page_size)
         if need > cfg.num_pages - 1:
             return f"prompt needs {need} pages but the cache has {cfg.num_pages - 1}"
+        # A sequence that outgrows the whole cache would preempt itself and be re-admitted forever.
+        longest = min(len(prompt) + request.params.max_new_tokens, cfg.max_seq_len)
+        need = max(need, (longest - 2) // cfg.page_size + 1)  # the last generated token is never written
+        if need > cfg.num_pages - 1:
+            return (f"prompt of {len(prompt)} tokens with max_new_tokens={request.params.max_new_tokens} needs up "
+                    f"to {need} pages but the cache has {cfg.num_pages - 1}")
         return None
 
     # -- admission --------------------------------------------------------------------------------
