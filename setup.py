@@ -46,6 +46,8 @@ TEST_REQUIRES = [
     "transformers==5.23.0",
     # tensorboard: test_metrics reads the event files back with TensorBoard's own reader.
     "tensorboard==2.21.0",
+    # hypothesis: the tests/test_fuzz_*.py property tests (profiles in tests/conftest.py).
+    "hypothesis==6.170.27",
 ]
 
 setup(

@@ -116,6 +116,29 @@ def _split_keep(pattern: re.Pattern[str] | None, text: str) -> Iterator[tuple[st
         yield text[pos:], False
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_text(text: str) -> str:
+    """`text`, or ValueError: a lone surrogate is not Unicode text, and the backends fail on it obscurely."""
+    if (bad := _SURROGATE.search(text)) is not None:
+        raise ValueError(f"text holds a lone surrogate U+{ord(bad.group()):04X} at position {bad.start()}: "
+                         f"not valid Unicode, cannot be tokenized")
+    return text
+
+
+def _decodable_ids(ids: Iterable[int], vocab_size: int) -> list[int]:
+    """The ids that have text. Ids past the vocabulary have none (a model's embedding may be padded past its
+    tokenizer's ids, so it can sample them); a negative id is a caller's bug and raises ValueError."""
+    out = []
+    for i in map(int, ids):
+        if i < 0:
+            raise ValueError(f"token id {i} out of range [0, {vocab_size})")
+        if i < vocab_size:
+            out.append(i)
+    return out
+
+
 def _raise_exception(message: str) -> None:
     raise jinja2.exceptions.TemplateError(message)
 
@@ -176,7 +199,8 @@ class Tokenizer(abc.ABC):
 
     @abc.abstractmethod
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
-        """Decode ids to text, dropping special tokens if `skip_special`."""
+        """Decode ids to text, dropping special tokens if `skip_special`. Ids >= vocab_size decode to nothing
+        (padded embedding rows); a negative id raises ValueError."""
 
     @abc.abstractmethod
     def _encode_template_text(self, text: str) -> list[int]:
@@ -328,7 +352,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
         ids = [self.bos_id] if add_bos and self.bos_id is not None else []
-        for piece, is_marker in _split_keep(self._user_pattern, text):
+        for piece, is_marker in _split_keep(self._user_pattern, _check_text(text)):
             if is_marker:
                 # Split the marker so SentencePiece cannot match it: "<" + "|im_end|>" as plain pieces.
                 ids += self._sp.encode(piece[:1]) + self._sp.encode(piece[1:])
@@ -338,7 +362,7 @@ class SentencePieceTokenizer(Tokenizer):
 
     def _encode_template_text(self, text: str) -> list[int]:
         ids: list[int] = []
-        for piece, is_special in _split_keep(self._template_pattern, text):
+        for piece, is_special in _split_keep(self._template_pattern, _check_text(text)):
             ids += [self._special_ids[piece]] if is_special else self._sp.encode(piece)
         return ids
 
@@ -346,7 +370,7 @@ class SentencePieceTokenizer(Tokenizer):
         # SentencePiece renders control ids as "", so specials are written here, between decoded runs.
         out: list[str] = []
         run: list[int] = []
-        for i in map(int, ids):
+        for i in _decodable_ids(ids, self.vocab_size):
             if i in self._special_id_set:
                 if run:
                     out.append(self._sp.decode(run))
@@ -541,18 +565,18 @@ class HFTokenizer(Tokenizer):
         }
 
     def encode(self, text: str, add_bos: bool = False) -> list[int]:
-        ids = self._data_tok.encode(text, add_special_tokens=False).ids
+        ids = self._data_tok.encode(_check_text(text), add_special_tokens=False).ids
         return [self.bos_id, *ids] if add_bos and self.bos_id is not None else ids
 
     def _encode_template_text(self, text: str) -> list[int]:
-        return self._tok.encode(text, add_special_tokens=False).ids
+        return self._tok.encode(_check_text(text), add_special_tokens=False).ids
 
     def _decode_each(self, ids: Iterable[int]) -> list[str]:
         return self._tok.decode_batch([[int(i)] for i in ids], skip_special_tokens=True)
 
     def decode(self, ids: Sequence[int], skip_special: bool = True) -> str:
         # No clean_up_tokenization_spaces: transformers ignores it for BPE tokenizers (Qwen, Llama 3) too.
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special)
+        return self._tok.decode(_decodable_ids(ids, self.vocab_size), skip_special_tokens=skip_special)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -53,3 +53,40 @@ def tiny_eval_checkpoints(tmp_path_factory):
         train_sentencepiece(tokenizer_corpus(1500), folder, vocab_size=512)  # after the save: it replaces the folder
         folders.append(folder)
     return folders
+
+
+# -- Fuzzing (tests/test_fuzz_*.py) -------------------------------------------------------------------------
+# The default profile keeps the normal run short and reproducible; HYPOTHESIS_PROFILE=fuzz runs the big counts.
+# No example database: nothing is written into the repository.
+import collections  # noqa: E402
+
+from hypothesis import HealthCheck, settings  # noqa: E402
+
+settings.register_profile("default", max_examples=40, derandomize=True, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=2000, derandomize=False, database=None, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+# Cases each fuzz module ran, printed at the end of the session (hypothesis counts per test function only).
+FUZZ_CASES: collections.Counter[str] = collections.Counter()
+
+
+@pytest.fixture(scope="module")
+def count_case(request):
+    """Call once per fuzzed case; the tally is kept per test module (one module per target family)."""
+    name = request.module.__name__.rpartition(".")[2]
+
+    def count() -> None:
+        FUZZ_CASES[name] += 1
+
+    return count
+
+
+def pytest_terminal_summary(terminalreporter):
+    if FUZZ_CASES:
+        profile = os.environ.get("HYPOTHESIS_PROFILE", "default")
+        terminalreporter.section(f"fuzz cases tried (hypothesis profile {profile!r})")
+        for name, count in sorted(FUZZ_CASES.items()):
+            terminalreporter.write_line(f"{name}: {count}")
+        terminalreporter.write_line(f"total: {sum(FUZZ_CASES.values())}")

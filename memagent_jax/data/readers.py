@@ -61,6 +61,8 @@ def _loads(raw: bytes, location: str) -> Any:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RecordError(location, f"invalid JSON: {err}") from None
+    except RecursionError:  # json.loads recurses once per nesting level
+        raise RecordError(location, "invalid JSON: nested too deeply") from None
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -118,6 +120,8 @@ class JsonArraySource(RecordSource):
     def __init__(self, path: str | os.PathLike, fmt: str = "auto", **kwargs):
         super().__init__(path, fmt, **kwargs)
         spans: list[tuple[int, int]] = []
+        if self.path.stat().st_size == 0:  # mmap refuses an empty file
+            raise RecordError(f"{self.path}:1", "expected a JSON array of records, the file is empty")
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             spans = self._scan(buf)
             lines = _LineCounter(buf)

@@ -232,7 +232,9 @@ def _from_ruler(record: Mapping[str, Any], position: int, task: str | None, mode
     query = record.get("query", record.get("question"))
     template = None
     if isinstance(record.get("context"), str) and isinstance(query, str):
-        context, question = record["context"], query
+        context, question = _context(record), query
+        if not question.strip():
+            raise BadRecord(f"empty field {'query' if 'query' in record else 'question'!r}")
     else:
         context, question, template = _split_ruler_prompt(_field(record, "input", str))
     # RULER's niah.py reuses its row counter for the answer's character offset before writing `index` (its

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import numbers
 from typing import Hashable, Iterable, Sequence
 
 import jax
@@ -202,6 +203,10 @@ class Engine:
         if len(prompt) >= cfg.max_seq_len:
             return f"prompt of {len(prompt)} tokens leaves no room to generate (max_seq_len={cfg.max_seq_len})"
         vocab = self.model_config.vocab_size
+        # int() would truncate 1.5 and parse "7", or raise out of submit for None: refuse them here.
+        not_ints = [t for t in prompt if isinstance(t, bool) or not isinstance(t, numbers.Integral)]
+        if not_ints:
+            return f"prompt token ids must be ints, got {not_ints[:5]!r}"
         bad = [t for t in prompt if not 0 <= int(t) < vocab]
         if bad:
             return f"prompt token ids out of range [0, {vocab}): {bad[:5]}"
@@ -214,6 +219,12 @@ class Engine:
         need = -(-(len(prompt) + 1) // cfg.page_size)
         if need > cfg.num_pages - 1:
             return f"prompt needs {need} pages but the cache has {cfg.num_pages - 1}"
+        # A sequence that outgrows the whole cache would preempt itself and be re-admitted forever.
+        longest = min(len(prompt) + request.params.max_new_tokens, cfg.max_seq_len)
+        need = max(need, (longest - 2) // cfg.page_size + 1)  # the last generated token is never written
+        if need > cfg.num_pages - 1:
+            return (f"prompt of {len(prompt)} tokens with max_new_tokens={request.params.max_new_tokens} needs up "
+                    f"to {need} pages but the cache has {cfg.num_pages - 1}")
         return None
 
     # -- admission --------------------------------------------------------------------------------

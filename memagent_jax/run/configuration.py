@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import runpy
 from typing import Any, Callable, Sequence
 
@@ -146,7 +147,13 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     loads it here first, before anything is built."""
     from memagent_jax.run.config_keys import check_run_keys  # imports the settings' dataclasses
 
-    module = runpy.run_path(path)
+    # runpy would run a folder's __main__ or fail with ImportError/FileNotFoundError that name no flag.
+    if not os.path.isfile(path):
+        raise ConfigError(f"--config={path}: no config file there (give a configs/*.py file)")
+    try:
+        module = runpy.run_path(path)
+    except SyntaxError as err:  # e.g. --config=README.md
+        raise ConfigError(f"--config={path}: not a Python config file: {err}") from None
     if "get_config" not in module:
         raise ConfigError(f"{path} defines no get_config()")
     config = module["get_config"]()
