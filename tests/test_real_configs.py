@@ -39,7 +39,7 @@ def _flatten(config: ml_collections.ConfigDict, prefix: str = "") -> dict[str, t
         if isinstance(value, ml_collections.ConfigDict):
             out.update(_flatten(value, f"{prefix}{key}."))
         else:
-            out[f"{prefix}{key}"] = type(value)
+            out[f"{prefix}{key}"] = config.get_type(key)  # a placeholder's declared type, even when None
     return out
 
 

@@ -96,6 +96,8 @@ def test_quiet_updates_keep_every_evidence_update_and_the_answer(tokenizer):
     assert all(s in kept for s in changes) and kept[-1] == every[-1]
     assert [every.index(s) for s in kept] == sorted(every.index(s) for s in kept)  # reading order
     assert oracle_sequences(item, tokenizer, prompts, agent, quiet_updates=100) == every
+    evidence_only = oracle_sequences(item, tokenizer, prompts, agent, quiet_updates=0)
+    assert evidence_only == changes + [every[-1]]  # 0 is a count, not a sentinel for "every update"
     # The memory lists the four values as found; the answer copies it (any order scores under string_match_all).
     last_memory = memory_in(every[-2])[1]
     assert sorted(last_memory.split(", ")) == sorted(item.sample.answers)

@@ -68,11 +68,11 @@ def oracle_memories(chunks: Sequence[Sequence[int]], spans: Sequence[str], token
 
 
 def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentPrompts,
-                     agent: AgentConfig, quiet_updates: int = 0) -> list[TrainSequence]:
+                     agent: AgentConfig, quiet_updates: int | None = None) -> list[TrainSequence]:
     """The SFT conversations of one sample: a memory update per chunk, then the final answer.
 
-    `quiet_updates` > 0 keeps every update that changes the memory, the final answer, and only that many of
-    the updates that leave the memory as it was (chosen at random, fixed per sample). A long document then
+    `quiet_updates` None keeps every update. A number keeps every update that changes the memory, the final
+    answer, and only that many of the updates that leave the memory as it was (chosen at random, fixed per sample). A long document then
     costs about what a short one does, yet teaches what only long documents show: whole chunks of haystack
     both before the evidence (the memory stays empty) and after it (the memory is kept). Trained on short
     documents alone, the tiny model learned that a full chunk of filler means an empty memory, and wiped
@@ -104,7 +104,7 @@ def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentProm
             quiet.append(len(sequences))
         sequences.append(TrainSequence(prompt + new_memory + [end], len(prompt)))
         memory, previous = new_memory, text
-    if 0 < quiet_updates < len(quiet):
+    if quiet_updates is not None and quiet_updates < len(quiet):
         rng = np.random.default_rng([stable_id(sample.task), sample.index, len(chunks)])
         dropped = set(rng.choice(quiet, size=len(quiet) - quiet_updates, replace=False).tolist())
         sequences = [seq for i, seq in enumerate(sequences) if i not in dropped]

@@ -62,11 +62,11 @@ def per_process(size: int, what: str) -> int:
 class SFTTrainer:
     """Supervised warm start on oracle traces, through the same packing and update as GRPO."""
 
-    def __init__(self, policy: Policy, agent: MemoryAgent, mini_batch_size: int, quiet_updates: int = 0):
-        """quiet_updates: see rl.sft.oracle_sequences (0 trains every memory update)."""
+    def __init__(self, policy: Policy, agent: MemoryAgent, mini_batch_size: int, quiet_updates: int | None = None):
+        """quiet_updates: see rl.sft.oracle_sequences (None trains every memory update)."""
         if policy.update_config.objective != "sft":
             raise ValueError("SFTTrainer needs a policy built with UpdateConfig(objective='sft')")
-        if quiet_updates < 0:
+        if quiet_updates is not None and quiet_updates < 0:
             raise ValueError(f"sft.quiet_updates must be >= 0, got {quiet_updates}")
         self.policy, self.agent, self.quiet_updates = policy, agent, quiet_updates
         self.mini_batch_size = per_process(mini_batch_size, "sft.mini_batch_size")

@@ -7,6 +7,7 @@ one PPO epoch.
 """
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from memagent_jax.run.configuration import (copy_section, mesh_section, model_section, optimizer_section, output_sections,
                                         retrieval_section, sharding_section, tensor_parallel_rules)
@@ -66,7 +67,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     config.retrieval = retrieval_section(0)  # ... and find lines by their content
     config.sft = ml_collections.ConfigDict({
         "steps": 0, "batch_size": 16, "mini_batch_size": 16, "num_samples": 8192,
-        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (), "quiet_updates": 0,  # 0: every update
+        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (), "quiet_updates": placeholder(int),  # None: every update
         "optimizer": optimizer_section(**PAPER_OPTIMIZER)})
     # Multi-Conv GRPO: G=16 rollouts per sample, batch_size samples per step in mini-batches (the paper: 128/8
     # for the 7B, 256/16 for the 14B: 16 updates per step), one PPO epoch; advantage = reward - group mean (no std division), no DAPO filters. 400 steps:
