@@ -8,7 +8,8 @@ import pytest
 
 from memagent_jax.run.config_error import ConfigError
 from memagent_jax.run.evaluation import EvalConfig, write_results
-from memagent_jax.sweep import expand, final_metrics, main, parse_axis, point_name, summarize
+from memagent_jax.run.sweep_grid import expand, final_metrics, parse_axis, point_name, summarize
+from memagent_jax.sweep import main
 
 CONFIG = str(pathlib.Path(__file__).resolve().parent / "tiny_run_config.py")
 
