@@ -507,10 +507,9 @@ def measure_prefix_sharing(cases: list[tuple[str, Engine, int]], work: Workload,
 
 
 def versions(tunix_version: str | None) -> str:
+    import flax
     import torch
     import transformers
-
-    import flax
 
     parts = [f"Python {platform.python_version()}", f"jax {jax.__version__}", f"jaxlib {jax.lib.__version__}",
              f"flax {flax.__version__}", f"numpy {np.__version__}", f"torch {torch.__version__}",

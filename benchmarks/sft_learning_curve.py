@@ -23,7 +23,6 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from memagent_jax.run import configuration  # noqa: E402
 from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent  # noqa: E402
 from memagent_jax.agent.verify import boxed_reward  # noqa: E402
 from memagent_jax.data.pipeline import AgentSample, make_pipeline  # noqa: E402
@@ -39,6 +38,7 @@ from memagent_jax.rl.policy import BatchShape, Policy  # noqa: E402
 from memagent_jax.rl.retrieval_warmup import retrieval_batch  # noqa: E402
 from memagent_jax.rl.sft import end_of_turn_id, oracle_sequences  # noqa: E402
 from memagent_jax.rl.update import UpdateConfig  # noqa: E402
+from memagent_jax.run import configuration  # noqa: E402
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 
 

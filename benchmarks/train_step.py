@@ -38,7 +38,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_vs_peers import load_hf_model, model_shape, write_checkpoint  # noqa: E402
-
 from memagent_jax.model.hf import load_hf_checkpoint  # noqa: E402
 from memagent_jax.model.sharding import DEFAULT_RULES, make_mesh  # noqa: E402
 from memagent_jax.rl.optimizer import OptimizerConfig  # noqa: E402

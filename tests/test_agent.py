@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fixture_data import tokenizer_corpus
 from memagent_jax.agent.chunks import ChunkCache, iter_rechunked, iter_text_file, iter_token_pieces
 from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent
 from memagent_jax.agent.prompts import FINAL_ANSWER_TEMPLATE, MEMORY_UPDATE_TEMPLATE, AgentPrompts
-from fixture_data import tokenizer_corpus
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
 from memagent_jax.model.config import ModelConfig

@@ -6,9 +6,8 @@ import pathlib
 
 import pytest
 
-from fixture_data import FILLER
+from fixture_data import FILLER, tiny_bpe_tokenizer, tiny_sp_tokenizer
 from memagent_jax.data.document import Sample, Span, TextDocument, split_pieces
-from fixture_data import tiny_bpe_tokenizer, tiny_sp_tokenizer
 
 TEXT = (
     "Document 1:\nAlpha Town\nAlpha Town is a city.  It has 3 parks.\n\n"

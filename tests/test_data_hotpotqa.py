@@ -12,11 +12,11 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from fixture_data import hotpotqa_questions, tiny_sp_tokenizer
 from memagent_jax.data.errors import RecordError
 from memagent_jax.data.hotpotqa import RulerHQASource, load_hotpotqa, main, write_ruler_hqa
 from memagent_jax.data.pool import draw_distractors
 from memagent_jax.data.readers import open_source
-from fixture_data import hotpotqa_questions, tiny_sp_tokenizer
 from memagent_jax.data.writers import write_jsonl, write_parquet
 
 
@@ -24,7 +24,7 @@ def _question(q: int) -> dict:
     # Ten paragraphs per question, two of them supporting; question 1 shares a paragraph with question 0.
     context = [[f"Title {q}-{p}", [f"Paragraph {p} of question {q}.", f" It mentions answer-{q}-{p}."]] for p in range(10)]
     if q == 1:
-        context[9] = [f"Title 0-0", ["Paragraph 0 of question 0.", " It mentions answer-0-0."]]
+        context[9] = ["Title 0-0", ["Paragraph 0 of question 0.", " It mentions answer-0-0."]]
     return {
         "_id": f"id{q}",
         "answer": f"answer-{q}-3",

@@ -10,11 +10,11 @@ import sys
 
 import pytest
 
+from fixture_data import tiny_sp_tokenizer
 from memagent_jax.data.pipeline import AgentSample, make_pipeline, skip_metrics
 from memagent_jax.data.readers import JsonlSource
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import make_task
-from fixture_data import tiny_sp_tokenizer
 from memagent_jax.data.writers import write_jsonl
 
 

@@ -9,11 +9,11 @@ import pickle
 
 import pytest
 
+from fixture_data import tiny_sp_tokenizer
 from memagent_jax.data.errors import RecordError
 from memagent_jax.data.parquet import ParquetSource
 from memagent_jax.data.readers import JsonArraySource, JsonlSource, open_source
 from memagent_jax.data.tasks import make_task
-from fixture_data import tiny_sp_tokenizer
 from memagent_jax.data.writers import write_jsonl, write_parquet
 
 TRAIN_ROW = {

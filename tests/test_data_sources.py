@@ -4,7 +4,6 @@ per bad entry."""
 import collections
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest

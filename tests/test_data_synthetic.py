@@ -8,13 +8,12 @@ import time
 
 import pytest
 
-from fixture_data import FILLER
+from fixture_data import FILLER, tiny_bpe_tokenizer, tiny_sp_tokenizer
 from memagent_jax.data.haystack import HaystackDocument
 from memagent_jax.data.multihop import MultiHopTask
 from memagent_jax.data.niah import NeedleTask
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
-from fixture_data import tiny_bpe_tokenizer, tiny_sp_tokenizer
 from memagent_jax.data.vt import VT_HEAD, VariableTrackingTask
 from memagent_jax.data.words import ADJECTIVES, NOUNS, word_split
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from memagent_jax.model.attention import segment_mask
 from memagent_jax.model.config import PRESETS, ModelConfig, RopeScaling, get_preset
 from memagent_jax.model.layers import rope_inverse_frequencies
-from memagent_jax.model.attention import segment_mask
 from memagent_jax.model.transformer import Transformer, padding_to_segments, positions_from_segments
 
 SMALL = ModelConfig(

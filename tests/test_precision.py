@@ -11,15 +11,15 @@ import optax
 import pytest
 from flax import nnx
 
-from memagent_jax.run import configuration
-from memagent_jax.run.config_error import ConfigError
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.run.settings import run_settings
 from memagent_jax.rl.optimizer import OptimizerConfig, make_optimizer
 from memagent_jax.rl.packing import TrainSequence, micro_batches, pack
 from memagent_jax.rl.precision import cast_floating, precision_problems, smallest_moving_learning_rate
 from memagent_jax.rl.update import UpdateConfig, make_update_fn
+from memagent_jax.run import configuration
+from memagent_jax.run.config_error import ConfigError
+from memagent_jax.run.settings import run_settings
 
 CFG = ModelConfig(family="qwen2", vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=16, qkv_bias=True, tie_word_embeddings=True,

@@ -11,7 +11,6 @@ from memagent_jax.run.metrics import read_jsonl
 from tiny_run_config import tiny_config
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer_dir(sp_tokenizer_dir):
     return sp_tokenizer_dir

@@ -15,9 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from memagent_jax.data.haystack import FILLER
 from memagent_jax.data.document import Sample, Span, TextTokenizer
-from memagent_jax.data.haystack import FillerLines, HaystackDocument
+from memagent_jax.data.haystack import FILLER, FillerLines, HaystackDocument
 from memagent_jax.data.synthetic import SyntheticTask
 from memagent_jax.data.words import UPPER
 

@@ -31,6 +31,7 @@ from jax.experimental.pallas import triton as pltriton
 from memagent_jax.engine.page_shapes import check_paged_shapes
 from memagent_jax.model.attention import MASK_VALUE
 
+
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 

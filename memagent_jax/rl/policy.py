@@ -17,9 +17,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from memagent_jax.parallel import collectives
 from memagent_jax.model.sharding import Rules, as_mesh_axes, batch_sharding
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.parallel import collectives
 from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, make_optimizer
 from memagent_jax.rl.packing import TrainSequence, micro_batches, pack
 from memagent_jax.rl.precision import cast_floating

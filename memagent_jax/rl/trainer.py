@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
-from memagent_jax.parallel import collectives
 from memagent_jax.agent.memory_agent import MemoryAgent
 from memagent_jax.data.pipeline import AgentSample
 from memagent_jax.engine.engine import Engine
+from memagent_jax.parallel import collectives
 from memagent_jax.rl.experience import ExperienceConfig, Group, rollout_metrics, score_groups, training_sequences
 from memagent_jax.rl.packing import TrainSequence
 from memagent_jax.rl.policy import Policy

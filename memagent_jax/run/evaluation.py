@@ -23,18 +23,22 @@ import pathlib
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-
+from memagent_jax.agent.engine_sizing import size_engine
 from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, AgentTask, Trajectory
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.agent.verify import boxed_reward, extract_answer, extract_last_boxed, string_match_all_single, \
-    string_match_part_single
+from memagent_jax.agent.verify import (
+    boxed_reward,
+    extract_answer,
+    extract_last_boxed,
+    string_match_all_single,
+    string_match_part_single,
+)
 from memagent_jax.data.document import Sample
 from memagent_jax.data.synthetic import MAX_TARGET_TOKENS, SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
 from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
-from memagent_jax.agent.engine_sizing import size_engine
 from memagent_jax.run.checkpoint_agent import open_agent
 
 __all__ = ["EvalConfig", "LONG_LENGTHS", "draw_lines", "evaluate_checkpoint", "evaluate_checkpoints", "format_table",

@@ -9,8 +9,16 @@ one PPO epoch.
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from memagent_jax.run.configuration import (copy_section, mesh_section, model_section, optimizer_section, output_sections,
-                                        retrieval_section, sharding_section, tensor_parallel_rules)
+from memagent_jax.run.configuration import (
+    copy_section,
+    mesh_section,
+    model_section,
+    optimizer_section,
+    output_sections,
+    retrieval_section,
+    sharding_section,
+    tensor_parallel_rules,
+)
 
 # MemAgent: AdamW, lr 1e-6, 20 warm-up steps then constant, weight decay 0.01, global-norm clip 1.0.
 PAPER_OPTIMIZER = dict(learning_rate=1e-6, warmup_steps=20, weight_decay=0.01, grad_clip=1.0)

@@ -19,28 +19,27 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from memagent_jax.run import configuration
-from memagent_jax.parallel import collectives
 from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent, check_fits
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.run.checkpoint import Checkpointer
 from memagent_jax.data.mixture import MixtureSource
 from memagent_jax.data.pipeline import make_pipeline
 from memagent_jax.data.sources import SourceError, build_sources, parse_sources
 from memagent_jax.engine.engine import Engine
-from memagent_jax.run.metrics import MetricsWriter, device_peak_flops, mfu, model_flops_per_token
-from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.run.progress import progress_bar
-from memagent_jax.run.settings import RunSettings, copy_settings, run_settings
+from memagent_jax.parallel import collectives
 from memagent_jax.rl.copy_warmup import CopyBatches
 from memagent_jax.rl.policy import Policy
 from memagent_jax.rl.retrieval_warmup import retrieval_batch
+from memagent_jax.rl.rollout_layout import RolloutLayout
 from memagent_jax.rl.sft import end_of_turn_id
 from memagent_jax.rl.trainer import GRPOTrainer, SFTTrainer, batches_from
-from memagent_jax.rl.rollout_layout import RolloutLayout
+from memagent_jax.run import configuration
 from memagent_jax.run.budget_check import check_run_budget
 from memagent_jax.run.builders import build_mesh, build_model, build_tokenizer
+from memagent_jax.run.checkpoint import Checkpointer
+from memagent_jax.run.metrics import MetricsWriter, device_peak_flops, mfu, model_flops_per_token
+from memagent_jax.run.progress import progress_bar
+from memagent_jax.run.settings import RunSettings, copy_settings, run_settings
 from memagent_jax.tokenizer import Tokenizer
 
 PHASES = ("copy", "retrieval", "sft", "rl")
