@@ -42,6 +42,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
@@ -377,7 +378,7 @@ def measure_round_robin(runners: dict[str, Callable], work: Workload, vocab: int
     for round_ in range(1, work.repeats + 1):
         prompts = random_prompts(rng, work.batch, work.prompt_len, vocab)
         for name, runner in runners.items():
-            elapsed, outputs = timed(lambda: runner(prompts, work.new_tokens, seed + round_))
+            elapsed, outputs = timed(functools.partial(runner, prompts, work.new_tokens, seed + round_))
             check_lengths(name, outputs, work)
             times[name].append(elapsed)
     for name, count in counts.items():

@@ -206,7 +206,10 @@ def test_update_weights_drops_stale_prefixes_and_matches_the_new_model(model):
 def test_update_weights_copies_unless_the_caller_hands_over_its_arrays(model):
     engine = Engine(model, SMALL_ENGINE)
     _, state = nnx.split(Transformer(CFG, rngs=nnx.Rngs(5)))
-    pointers = lambda tree: [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)]
+
+    def pointers(tree):
+        return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)]
+
     engine.update_weights(state)  # the trainer's arrays: copied (it donates them to its next update)
     assert not set(pointers(engine.weights)) & set(pointers(state))
     engine.update_weights(state, owned=True)  # a fresh copy made for the engine: taken as it is

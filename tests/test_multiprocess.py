@@ -54,7 +54,7 @@ def _train(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, processes: int, d
             if worker.poll() is None:
                 worker.kill()
             log.close()
-    for rank, (worker, log) in enumerate(workers):
+    for worker, log in workers:
         assert worker.returncode == 0, pathlib.Path(log.name).read_text()[-4000:]
 
 

@@ -134,7 +134,9 @@ def test_micro_batch_gradient_sums_are_float32_under_bfloat16_compute(param_dtyp
         assert np.all(np.abs(s - r) <= 1e-5 * m + 1e-12)
     # One micro-batch of 32 rows runs other matmul shapes, so its bfloat16 roundings fall elsewhere (about
     # 1% of the gradient's norm here); float32 sums keep the split from adding anything to that.
-    flat = lambda tree: np.concatenate([x.ravel() for x in tree])
+    def flat(tree):
+        return np.concatenate([x.ravel() for x in tree])
+
     assert np.linalg.norm(flat(split) - flat(unsplit)) <= 0.03 * np.linalg.norm(flat(reference))
 
 

@@ -45,8 +45,10 @@ def test_fsdp_training_weights_reach_a_tensor_parallel_engine_unchanged():
     # The per-step sync: one copy onto the engine's layout, never the trainer's own buffers (it donates them).
     engine = Engine(nnx.merge(graphdef, placed), config)
     layout.send(engine, trained)
-    pointers = lambda tree: {shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)
-                             for shard in x.addressable_shards}
+
+    def pointers(tree):
+        return {shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) for shard in x.addressable_shards}
+
     assert not pointers(engine.weights) & pointers(trained)
     assert jax.tree.map(lambda x: x.sharding, engine.weights) == layout.shardings
 

@@ -132,7 +132,9 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
         # Not optax.apply_if_finite: it looks at the gradients only (a NaN loss with finite gradients would
         # train), applies the bad update after max_consecutive_errors, and wraps the optimizer state in its
         # own, so checkpoints saved before would no longer restore.
-        keep = lambda new, old: jnp.where(finite, new, old)
+        def keep(new: jax.Array, old: jax.Array) -> jax.Array:
+            return jnp.where(finite, new, old)
+
         new_params = jax.tree.map(keep, new_params, params)
         new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32),

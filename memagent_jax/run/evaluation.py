@@ -245,8 +245,10 @@ def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
             for first in range(0, len(source), cfg.batch):
                 samples = [source[i] for i in range(first, min(first + cfg.batch, len(source)))]
                 tasks = [AgentTask((task_name, length, s.index), s.question,
-                                   # Default argument binds this sample's document (not the loop's last).
-                                   lambda doc=s.document: counter.wrap(doc.iter_tokens(tokenizer, cfg.chunk_size)),
+                                   # Default arguments bind this sample's document and this cell's counter
+                                   # (not the loops' last).
+                                   lambda doc=s.document, counter=counter: counter.wrap(
+                                       doc.iter_tokens(tokenizer, cfg.chunk_size)),
                                    answers=tuple(s.answers))
                          for s in samples]
                 trajectories = agent.run(tasks, group_size=1, keep_prompts=False)

@@ -182,8 +182,11 @@ class TrainingRun:
         skipped = source.metrics() if source is not None else {}  # records the readers left out, by reason
         rng = jax.random.key(self.config.seed * 1000 + _PHASE_SEED[phase])
         start = 0
-        state = lambda: {"params": policy.params, "opt_state": policy.opt_state,
-                         **({"reference": policy.reference} if policy.reference is not None else {})}
+
+        def state() -> dict:
+            return {"params": policy.params, "opt_state": policy.opt_state,
+                    **({"reference": policy.reference} if policy.reference is not None else {})}
+
         if checkpointer.latest_step() is not None:
             restored = checkpointer.restore(state())
             policy.params, policy.opt_state = restored.state["params"], restored.state["opt_state"]
