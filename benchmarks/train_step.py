@@ -167,7 +167,8 @@ def main() -> None:
     ):
         median = statistics.median(times)
         print(f"| {name} | {layout} | {padding:.1%} | {median:.2f}, {min(times):.2f} | {real / median:,.0f} |")
-    print(f"ours / torch step-time ratio (median): {statistics.median(torch_times) / statistics.median(ours_times):.2f}x")
+    ratio = statistics.median(torch_times) / statistics.median(ours_times)
+    print(f"ours / torch step-time ratio (median): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

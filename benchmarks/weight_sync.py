@@ -36,7 +36,8 @@ from memagent_jax.model.transformer import Transformer  # noqa: E402
 from memagent_jax.rl.rollout_layout import RolloutLayout  # noqa: E402
 from memagent_jax.run.configuration import tensor_parallel_rules  # noqa: E402
 
-LAYOUTS = {"same": DEFAULT_RULES, "tp": tensor_parallel_rules(), "replicated": tuple((n, None) for n, _ in DEFAULT_RULES)}
+LAYOUTS = {"same": DEFAULT_RULES, "tp": tensor_parallel_rules(),
+           "replicated": tuple((n, None) for n, _ in DEFAULT_RULES)}
 
 
 def _per_device_bytes(state) -> int:

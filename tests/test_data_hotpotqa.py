@@ -22,7 +22,8 @@ from memagent_jax.data.writers import write_jsonl, write_parquet
 
 def _question(q: int) -> dict:
     # Ten paragraphs per question, two of them supporting; question 1 shares a paragraph with question 0.
-    context = [[f"Title {q}-{p}", [f"Paragraph {p} of question {q}.", f" It mentions answer-{q}-{p}."]] for p in range(10)]
+    context = [[f"Title {q}-{p}", [f"Paragraph {p} of question {q}.", f" It mentions answer-{q}-{p}."]]
+               for p in range(10)]
     if q == 1:
         context[9] = ["Title 0-0", ["Paragraph 0 of question 0.", " It mentions answer-0-0."]]
     return {

@@ -69,7 +69,8 @@ def test_same_samples_in_a_fresh_process(source, tok, tmp_path: pathlib.Path) ->
     code = (
         "import sys; from memagent_jax.tokenizer import load_tokenizer; from memagent_jax.data.tasks import make_task\n"
         f"t = make_task('niah_multikey', load_tokenizer({str(model)!r}), 1200, seed=3)\n"
-        "for i in (0, 17, 41): s = t.sample(i); print(s.question, s.answers, len(s.document.text()), s.document.text()[-300:].replace('\\n', '|'))"
+        "for i in (0, 17, 41): s = t.sample(i); "
+        "print(s.question, s.answers, len(s.document.text()), s.document.text()[-300:].replace('\\n', '|'))"
     )
     env = dict(os.environ, PYTHONHASHSEED="123")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
@@ -98,7 +99,9 @@ def test_exact_resume(source, tok) -> None:
     endless = make_pipeline(source, 4, seed=2, num_epochs=None, process_index=0, process_count=1)
     _resume_check(endless, before=8, after=6)
     # With tokenization and prefetch threads.
-    _resume_check(make_pipeline(source, 4, tokenizer=tok, chunk_tokens=300, read_threads=2, process_index=0, process_count=1), 2, 3)
+    pipeline = make_pipeline(source, 4, tokenizer=tok, chunk_tokens=300, read_threads=2,
+                             process_index=0, process_count=1)
+    _resume_check(pipeline, 2, 3)
 
 
 def test_tokenized_agent_samples(tok) -> None:

@@ -23,7 +23,8 @@ TRAIN_ROW = {
     "reward_model": {"style": "rule", "ground_truth": ["Tim Burton"]},
     "extra_info": {"index": 41, "question": "Who directed Ed Wood?", "num_docs": 2},
 }
-EVAL_ROW = {"context": "Document 1:\nA\n\"quoted\" [brackets] {braces}", "input": "Q?", "answers": ["A", "a"], "num_docs": 1, "index": 7}
+EVAL_ROW = {"context": "Document 1:\nA\n\"quoted\" [brackets] {braces}", "input": "Q?", "answers": ["A", "a"],
+            "num_docs": 1, "index": 7}
 RULER_ROW = {
     "index": 3,
     "input": "Some special magic numbers are hidden within the following text. Make sure to memorize it.\n"

@@ -73,8 +73,9 @@ def test_two_processes_train_like_one(tmp_path, sp_tokenizer_dir):
     _train(tmp_path / "two", tokenizer_dir, processes=2, devices=2)
 
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
-    for key in [(2, "copy/nll"), (2, "retrieval/nll"), (2, "sft/nll"), (2, "sft/grad_norm"), (1, "rl/loss"), (1, "rl/reward_mean"),
-                (1, "rl/grad_norm"), (1, "rl/reward_std"), (1, "rl/pg_loss"), (1, "rl/sequences"), (1, "rl/update_tokens"), (1, "rl/groups_trained")]:
+    for key in [(2, "copy/nll"), (2, "retrieval/nll"), (2, "sft/nll"), (2, "sft/grad_norm"), (1, "rl/loss"),
+                (1, "rl/reward_mean"), (1, "rl/grad_norm"), (1, "rl/reward_std"), (1, "rl/pg_loss"),
+                (1, "rl/sequences"), (1, "rl/update_tokens"), (1, "rl/groups_trained")]:
         assert key in one, sorted(one)[:30]
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
     assert two[(1, "rl/weight_sync_seconds")] > 0

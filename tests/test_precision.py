@@ -30,7 +30,8 @@ PAPER = OptimizerConfig(learning_rate=1e-6, warmup_steps=0, weight_decay=0.01, g
 def _sft_batch(seed: int, micro: int, rows_per_micro: int = 2) -> dict[str, jax.Array]:
     """Random sequences covering the vocabulary, packed into `micro` micro-batches of 64-token rows."""
     rng = np.random.default_rng(seed)
-    seqs = [TrainSequence(list(map(int, rng.integers(1, CFG.vocab_size, 60))), 20) for _ in range(micro * rows_per_micro)]
+    seqs = [TrainSequence(list(map(int, rng.integers(1, CFG.vocab_size, 60))), 20)
+            for _ in range(micro * rows_per_micro)]
     packed, _ = pack(seqs, row_len=64, max_segments=1, rows_multiple=rows_per_micro)
     return {k: jnp.asarray(v) for k, v in micro_batches(packed, rows_per_micro).items()}
 
@@ -153,7 +154,8 @@ def test_precision_problems_name_the_faults():
 
 
 def _paper_like_config() -> ml_collections.ConfigDict:
-    config = configuration.load_config_file(str(pathlib.Path(__file__).parent.parent / "configs" / "qwen2_5_7b_gpu8.py"))
+    gpu8 = pathlib.Path(__file__).parent.parent / "configs" / "qwen2_5_7b_gpu8.py"
+    config = configuration.load_config_file(str(gpu8))
     config.rl.steps = 1
     return config
 

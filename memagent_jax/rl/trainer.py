@@ -42,7 +42,8 @@ class RLConfig:
         if self.group_size < 1 or self.batch_size < 1 or self.mini_batch_size < 1 or self.max_refills < 0:
             raise ValueError(f"group_size, batch_size, mini_batch_size must be >= 1 and max_refills >= 0: {self}")
         if self.batch_size % self.mini_batch_size:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of mini_batch_size={self.mini_batch_size}")
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of mini_batch_size={self.mini_batch_size}")
         if self.dynamic_sampling and self.group_size < 2:
             raise ValueError("dynamic_sampling needs group_size >= 2 (a group of one is always uniform)")
 

@@ -3,7 +3,8 @@
 One call = one mini-batch update: the loss of every micro-batch is divided by the mini-batch's total
 denominator (response tokens or sequences, counted before the scan), so accumulated gradients equal the
 gradient of the whole mini-batch whatever the split (summed in float32 whatever the params' dtype). Empty
-micro-batches (padding to a power of two) skip their compute. A non-finite loss or gradient leaves parameters and optimizer state untouched.
+micro-batches (padding to a power of two) skip their compute. A non-finite loss or gradient leaves parameters
+and optimizer state untouched.
 """
 
 from __future__ import annotations
@@ -102,7 +103,8 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
 
     def update(params: Any, opt_state: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any, dict[str, jax.Array]]:
         mask = batch["loss_mask"]
-        per_micro = jax.vmap(lambda m, s: grpo.aggregate(m, m, s, mode, cfg.max_segments)[1])(mask, batch["segment_ids"])
+        per_micro = jax.vmap(lambda m, s: grpo.aggregate(m, m, s, mode, cfg.max_segments)[1])(
+            mask, batch["segment_ids"])
         denominator = jnp.maximum(jnp.sum(per_micro), 1.0)
         tokens = jnp.maximum(jnp.sum(mask), 1.0)
 

@@ -110,7 +110,8 @@ class TrainingRun:
         self.settings: RunSettings = run_settings(config)  # config errors before anything compiles
         self.workdir = pathlib.Path(config.workdir)
         self.tokenizer = build_tokenizer(config, self.workdir)
-        self.tokenizer_dir = pathlib.Path(config.tokenizer.path) if config.tokenizer.path else self.workdir / "tokenizer"
+        self.tokenizer_dir = (pathlib.Path(config.tokenizer.path) if config.tokenizer.path
+                              else self.workdir / "tokenizer")
         self.prompts = AgentPrompts.build(self.tokenizer)
         try:  # still before any model exists: the prompts' real token lengths against the engine and rows
             check_fits(self.prompts, self.settings.agent, self.settings.engine)
@@ -129,7 +130,8 @@ class TrainingRun:
             print(f"per-device memory budget (GRPO peak):\n{self.budget_table}", flush=True)
         model, self.mesh = build_model(config)
         self.rules = configuration.build_rules(config.sharding)
-        rollout_rules = configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules else self.rules
+        rollout_rules = (configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules
+                         else self.rules)
         self.model_config = model.cfg
         self.graphdef, self.params = nnx.split(model)
         # The engine keeps its own copy of the weights in the rollout layout and the compute dtype (with N
