@@ -22,7 +22,7 @@ __all__ = ["ParquetSource"]
 
 
 class ParquetSource(RecordSource):
-    def __init__(self, path: str | os.PathLike, fmt: str = "auto", *, batch_rows: int = 64, **kwargs):
+    def __init__(self, path: str | os.PathLike, fmt: str = "auto", *, batch_rows: int = 64, **kwargs: Any):
         super().__init__(path, fmt, **kwargs)
         import pyarrow.parquet as pq
 

@@ -89,7 +89,10 @@ def make_decode_fn(
         model = nnx.merge(graphdef, state)
         slots = batch.tokens.shape[0]
 
-        def body(carry):
+        # (step, cache, tokens, positions, active, out): the while loop's state.
+        Carry = tuple[jax.Array, KVCache, jax.Array, jax.Array, jax.Array, DecodeOutput]
+
+        def body(carry: Carry) -> Carry:
             k, cache, tokens, positions, active, out = carry
             hidden, cache = paged_forward(
                 model, cache, tokens[:, None], positions[:, None], active[:, None], batch.page_table,

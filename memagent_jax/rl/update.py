@@ -108,14 +108,18 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
         denominator = jnp.maximum(jnp.sum(per_micro), 1.0)
         tokens = jnp.maximum(jnp.sum(mask), 1.0)
 
-        def body(carry, micro):
+        # (gradient sums, loss sum, token-metric sums) over the micro-batches so far.
+        Carry = tuple[Any, jax.Array, dict[str, jax.Array]]
+        MicroResult = tuple[jax.Array, dict[str, jax.Array], Any]  # (loss, token metrics, gradients)
+
+        def body(carry: Carry, micro: dict[str, jax.Array]) -> tuple[Carry, None]:
             grads, loss, sums = carry
 
-            def compute(_):
+            def compute(_: None) -> MicroResult:
                 (value, aux), grad = grad_fn(params, micro, denominator)
                 return value, aux, cast_floating(grad, jnp.float32)
 
-            def skip(_):
+            def skip(_: None) -> MicroResult:
                 return jnp.float32(0), {k: jnp.float32(0) for k in sums}, _float32_zeros_like(params)
 
             value, aux, grad = jax.lax.cond(jnp.any(micro["loss_mask"] > 0), compute, skip, None)
