@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from fixture_data import tiny_sp_tokenizer
-from memagent_jax.data.pipeline import AgentSample, make_pipeline, skip_metrics
+from memagent_jax.data.pipeline import AgentSample, make_pipeline
 from memagent_jax.data.readers import JsonlSource
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import make_task
@@ -126,8 +126,7 @@ def test_reader_sources_and_skip_metrics(tmp_path: pathlib.Path, source) -> None
     reader = JsonlSource(path, on_error="skip")
     batches = _run(reader, 3, seed=0)
     assert sorted(i for b in batches for i in b) == list(range(6))
-    assert skip_metrics(reader) == {"data/skipped": 1, "data/skipped/invalid JSON": 1}
-    assert skip_metrics(source) == {}
+    assert reader.metrics() == {"data/skipped": 1, "data/skipped/invalid JSON": 1}
 
 
 def test_bad_layouts(source) -> None:

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fixture_model import segment_mask
 from memagent_jax.model.attention import (
     block_causal_attention,
     group_queries,
     masked_attention,
     query_block,
-    segment_mask,
 )
 
 

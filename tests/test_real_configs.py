@@ -17,6 +17,7 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh
 
+from fixture_model import shard_module
 from memagent_jax.model import sharding
 from memagent_jax.model.config import ModelConfig, get_preset
 from memagent_jax.model.transformer import Transformer
@@ -163,7 +164,7 @@ def test_budget_matches_real_allocation_on_tiny():
     # Training and rollout layouts that differ, on a mixed mesh: 2 KV heads stay whole on 4-way tensor.
     mixed = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
     rollout_rules = tuple((n, None) if n == "embed" else (n, t) for n, t in rules)
-    trained = sharding.shard_module(model, mixed, rules)
+    trained = shard_module(model, mixed, rules)
     rollout = jax.device_put(nnx.state(trained), sharding.state_shardings(nnx.state(trained), mixed, rollout_rules))
     budget = per_device_budget(model_cfg, mixed, rules, optimizer=optimizer, kv_pages=64, page_size=16,
                                rollout_rules=rollout_rules, row_len=256, rows_per_micro=2)

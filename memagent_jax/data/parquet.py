@@ -76,10 +76,6 @@ class ParquetSource(RecordSource):
     def __len__(self) -> int:
         return len(self._rows)
 
-    def row_of(self, index: int) -> int:
-        """The file row number of valid record ``index``."""
-        return int(self._rows[index])
-
     def _raw(self, index: int) -> tuple[Any, str]:
         row = int(self._rows[index])
         g = bisect.bisect_right(self._group_starts, row) - 1
