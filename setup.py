@@ -48,6 +48,8 @@ TEST_REQUIRES = [
     "tensorboard==2.21.0",
     # hypothesis: the tests/test_fuzz_*.py property tests (profiles in tests/conftest.py).
     "hypothesis==6.170.27",
+    # ruff: the linter .ci/run runs before the tests (config in ruff.toml); pinned so its rules do not drift.
+    "ruff==0.17.6",
 ]
 
 setup(

@@ -136,7 +136,7 @@ def _parent(args: argparse.Namespace) -> None:
             except subprocess.TimeoutExpired:
                 rows.append((mode, length, None, f"did not finish in {args.timeout}s"))
                 continue
-            lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+            lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
             if done.returncode != 0 or not lines:
                 rows.append((mode, length, None, f"failed (exit {done.returncode}): {done.stderr.strip()[-200:]}"))
                 continue

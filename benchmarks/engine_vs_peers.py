@@ -42,6 +42,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
+import functools  # noqa: E402
 import importlib  # noqa: E402
 import importlib.metadata  # noqa: E402
 import importlib.util  # noqa: E402
@@ -377,7 +378,7 @@ def measure_round_robin(runners: dict[str, Callable], work: Workload, vocab: int
     for round_ in range(1, work.repeats + 1):
         prompts = random_prompts(rng, work.batch, work.prompt_len, vocab)
         for name, runner in runners.items():
-            elapsed, outputs = timed(lambda: runner(prompts, work.new_tokens, seed + round_))
+            elapsed, outputs = timed(functools.partial(runner, prompts, work.new_tokens, seed + round_))
             check_lengths(name, outputs, work)
             times[name].append(elapsed)
     for name, count in counts.items():
@@ -507,10 +508,9 @@ def measure_prefix_sharing(cases: list[tuple[str, Engine, int]], work: Workload,
 
 
 def versions(tunix_version: str | None) -> str:
+    import flax
     import torch
     import transformers
-
-    import flax
 
     parts = [f"Python {platform.python_version()}", f"jax {jax.__version__}", f"jaxlib {jax.lib.__version__}",
              f"flax {flax.__version__}", f"numpy {np.__version__}", f"torch {torch.__version__}",

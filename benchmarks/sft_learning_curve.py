@@ -23,7 +23,6 @@ from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from memagent_jax.run import configuration  # noqa: E402
 from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent  # noqa: E402
 from memagent_jax.agent.verify import boxed_reward  # noqa: E402
 from memagent_jax.data.pipeline import AgentSample, make_pipeline  # noqa: E402
@@ -39,10 +38,12 @@ from memagent_jax.rl.policy import BatchShape, Policy  # noqa: E402
 from memagent_jax.rl.retrieval_warmup import retrieval_batch  # noqa: E402
 from memagent_jax.rl.sft import end_of_turn_id, oracle_sequences  # noqa: E402
 from memagent_jax.rl.update import UpdateConfig  # noqa: E402
+from memagent_jax.run import configuration  # noqa: E402
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 
 
-def documents(tokenizer: Tokenizer, tasks: list[str], lengths: list[int], chunk: int, seed: int) -> Iterator[AgentSample]:
+def documents(tokenizer: Tokenizer, tasks: list[str], lengths: list[int], chunk: int, seed: int
+              ) -> Iterator[AgentSample]:
     """An endless stream of documents, task and length drawn uniformly per document."""
     streams = [iter(make_pipeline(SyntheticSource(make_task(t, tokenizer, n, seed=seed), 100_000, offset=seed * 10**6),
                                   1, tokenizer=tokenizer, chunk_tokens=chunk, seed=seed, num_epochs=None))
@@ -94,7 +95,8 @@ def main() -> None:
     optimizer = OptimizerConfig(learning_rate=args.learning_rate, warmup_steps=20, weight_decay=0.0)
     sft_update = UpdateConfig(objective="sft", max_segments=16)
     if args.copy_steps:
-        copier = Policy(model, mesh, DEFAULT_RULES, OptimizerConfig(learning_rate=3e-3, warmup_steps=20, weight_decay=0.0),
+        copier = Policy(model, mesh, DEFAULT_RULES,
+                        OptimizerConfig(learning_rate=3e-3, warmup_steps=20, weight_decay=0.0),
                         sft_update, BatchShape(row_len=args.copy_row_len, rows_per_micro=8))
         copies = CopyBatches(tokenizer, end, 64, copy_task, seed=3)
         for step in range(1, args.copy_steps + 1):

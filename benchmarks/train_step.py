@@ -38,7 +38,6 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine_vs_peers import load_hf_model, model_shape, write_checkpoint  # noqa: E402
-
 from memagent_jax.model.hf import load_hf_checkpoint  # noqa: E402
 from memagent_jax.model.sharding import DEFAULT_RULES, make_mesh  # noqa: E402
 from memagent_jax.rl.optimizer import OptimizerConfig  # noqa: E402
@@ -168,7 +167,8 @@ def main() -> None:
     ):
         median = statistics.median(times)
         print(f"| {name} | {layout} | {padding:.1%} | {median:.2f}, {min(times):.2f} | {real / median:,.0f} |")
-    print(f"ours / torch step-time ratio (median): {statistics.median(torch_times) / statistics.median(ours_times):.2f}x")
+    ratio = statistics.median(torch_times) / statistics.median(ours_times)
+    print(f"ours / torch step-time ratio (median): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

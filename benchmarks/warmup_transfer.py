@@ -29,7 +29,6 @@ from flax import nnx
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
-from memagent_jax.run import configuration  # noqa: E402
 from memagent_jax.agent.memory_agent import AgentConfig  # noqa: E402
 from memagent_jax.agent.prompts import AgentPrompts  # noqa: E402
 from memagent_jax.model.sharding import DEFAULT_RULES, make_mesh  # noqa: E402
@@ -41,6 +40,7 @@ from memagent_jax.rl.policy import BatchShape, Policy  # noqa: E402
 from memagent_jax.rl.retrieval_warmup import retrieval_batch  # noqa: E402
 from memagent_jax.rl.sft import end_of_turn_id, oracle_sequences  # noqa: E402
 from memagent_jax.rl.update import UpdateConfig  # noqa: E402
+from memagent_jax.run import configuration  # noqa: E402
 from memagent_jax.tokenizer import load_tokenizer  # noqa: E402
 from sft_learning_curve import documents  # noqa: E402
 

@@ -30,13 +30,14 @@ import time  # noqa: E402
 import jax  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from memagent_jax.run.configuration import tensor_parallel_rules  # noqa: E402
 from memagent_jax.model.config import get_preset  # noqa: E402
 from memagent_jax.model.sharding import DEFAULT_RULES, create_sharded, make_mesh  # noqa: E402
 from memagent_jax.model.transformer import Transformer  # noqa: E402
 from memagent_jax.rl.rollout_layout import RolloutLayout  # noqa: E402
+from memagent_jax.run.configuration import tensor_parallel_rules  # noqa: E402
 
-LAYOUTS = {"same": DEFAULT_RULES, "tp": tensor_parallel_rules(), "replicated": tuple((n, None) for n, _ in DEFAULT_RULES)}
+LAYOUTS = {"same": DEFAULT_RULES, "tp": tensor_parallel_rules(),
+           "replicated": tuple((n, None) for n, _ in DEFAULT_RULES)}
 
 
 def _per_device_bytes(state) -> int:
@@ -60,7 +61,7 @@ def main() -> None:
     trained = nnx.split(create_sharded(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh, DEFAULT_RULES))[1]
     print(f"{args.preset} ({cfg.num_layers} layers, {cfg.num_params / 1e6:.0f}M params, float32), mesh "
           f"{dict(mesh.shape)}; training layout: {_per_device_bytes(trained) / 1e6:.1f} MB per device")
-    print(f"| rollout layout | MB per device | median s | vs same |\n|---|---:|---:|---:|")
+    print("| rollout layout | MB per device | median s | vs same |\n|---|---:|---:|---:|")
     floor = None
     for name, rules in LAYOUTS.items():
         layout = RolloutLayout(trained, mesh, rules)

@@ -7,8 +7,15 @@ Runs on a 2-core CPU with no downloads. Override any field on the command line, 
 
 import ml_collections
 
-from memagent_jax.run.configuration import (copy_section, mesh_section, model_section, optimizer_section, output_sections,
-                                        retrieval_section, sharding_section)
+from memagent_jax.run.configuration import (
+    copy_section,
+    mesh_section,
+    model_section,
+    optimizer_section,
+    output_sections,
+    retrieval_section,
+    sharding_section,
+)
 
 # RULER's niah_single_1, niah_multikey_2 (distractor needles), niah_multivalue, niah_multiquery and vt.
 RULER_TASKS = ("niah_single", "niah_multikey", "niah_multivalue", "niah_multiquery", "vt")

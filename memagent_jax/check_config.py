@@ -28,8 +28,8 @@ _DEVICE_GB = flags.DEFINE_float("device_gb", None, "Memory of one target device 
 def summary(config: ml_collections.ConfigDict, devices: int | None = None, device_gb: float | None = None) -> str:
     """What the run would do, one line per part; raises ConfigError on any bad section."""
     from memagent_jax.model.sharding import MESH_AXES
-    from memagent_jax.run.settings import run_settings
     from memagent_jax.run.budget_check import check_run_budget
+    from memagent_jax.run.settings import run_settings
 
     settings = run_settings(config)
     model = configuration.build_model_config(config.model)

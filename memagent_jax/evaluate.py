@@ -27,12 +27,20 @@ from absl import app, flags
 
 from memagent_jax import command_line
 from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, load_sizes
+from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.run.eval_data import METRICS
 from memagent_jax.run.eval_files import SAMPLING, FileEvalConfig, Progress, evaluate_files, open_evaluation
 from memagent_jax.run.eval_report import format_file_table, summarize, write_file_results
-from memagent_jax.run.evaluation import LONG_LENGTHS, EvalConfig, evaluate_checkpoints, format_table, length_label, \
-    parse_checkpoints, parse_lengths, write_results
-from memagent_jax.data.words import KEY_SPLITS
+from memagent_jax.run.evaluation import (
+    LONG_LENGTHS,
+    EvalConfig,
+    evaluate_checkpoints,
+    format_table,
+    length_label,
+    parse_checkpoints,
+    parse_lengths,
+    write_results,
+)
 from memagent_jax.tokenizer import load_tokenizer
 
 _DEFAULTS = EvalConfig()

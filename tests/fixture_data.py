@@ -1,6 +1,6 @@
 """Test fixtures for data and tokenizer tests: a small deterministic corpus in the style of the synthetic tasks,
-tokenizers trained offline from it in well under a second, and small HotpotQA/SQuAD-format records (so builder
-tests never need the downloaded data)."""
+tokenizers trained offline from it in well under a second, small HotpotQA/SQuAD-format records (so builder
+tests never need the downloaded data), and a document's exact token count."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from memagent_jax.data.document import Document, TextTokenizer
 from memagent_jax.data.haystack import FILLER
 from memagent_jax.data.words import key_space
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
@@ -83,6 +84,11 @@ def tiny_bpe_tokenizer(out_dir: str | pathlib.Path, vocab_size: int = 600) -> To
     config = {"bos_token": None, "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return load_tokenizer(out)
+
+
+def count_tokens(document: Document, tokenizer: TextTokenizer) -> int:
+    """A document's exact token count, streamed (one tokenization pass): what approx_tokens estimates."""
+    return sum(len(chunk) for chunk in document.iter_tokens(tokenizer, chunk_tokens=4096))
 
 
 def _sentence(rng: np.random.Generator, subject: str) -> str:

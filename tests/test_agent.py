@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fixture_data import tokenizer_corpus
 from memagent_jax.agent.chunks import ChunkCache, iter_rechunked, iter_text_file, iter_token_pieces
 from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent
 from memagent_jax.agent.prompts import FINAL_ANSWER_TEMPLATE, MEMORY_UPDATE_TEMPLATE, AgentPrompts
-from fixture_data import tokenizer_corpus
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
 from memagent_jax.model.config import ModelConfig
@@ -109,7 +109,8 @@ def test_group_rollouts_share_the_first_prompt_and_differ_by_seed(engine, tokeni
     trajectories = agent.run([_task(tokenizer, "g", 6)], group_size=4)
     assert len(trajectories) == 4 and [t.rollout for t in trajectories] == [0, 1, 2, 3]
     assert len({tuple(t.conversations[0].prompt) for t in trajectories}) == 1
-    assert engine.stats.cached_tokens - cached_before >= 3 * 16 * (len(trajectories[0].conversations[0].prompt) // 16 - 1)
+    prompt_pages = len(trajectories[0].conversations[0].prompt) // 16
+    assert engine.stats.cached_tokens - cached_before >= 3 * 16 * (prompt_pages - 1)
     assert len({tuple(t.conversations[0].response) for t in trajectories}) > 1
     again = agent.run([_task(tokenizer, "g", 6)], group_size=4)
     assert [[c.response for c in t.conversations] for t in again] == \

@@ -7,12 +7,12 @@ import sys
 import pytest
 from flax import nnx
 
-from memagent_jax.agent.memory_agent import AgentConfig
-from memagent_jax.run.answering import answer_document
 from fixture_data import tokenizer_corpus
+from memagent_jax.agent.memory_agent import AgentConfig
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.hf import save_hf_checkpoint
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.run.answering import answer_document
 from memagent_jax.tokenizer import train_sentencepiece
 
 

@@ -12,13 +12,14 @@ import numpy as np
 import optax
 import pytest
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from jax.sharding import NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
 
-from memagent_jax.run import configuration
-from memagent_jax.run.checkpoint import Checkpointer, CheckpointError, Restored, abstract_like
 from memagent_jax.model import sharding as sh
 from memagent_jax.model.config import get_preset
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.run import configuration
+from memagent_jax.run.checkpoint import Checkpointer, CheckpointError, Restored, abstract_like
 
 RULES = sh.DEFAULT_RULES
 TX = optax.adamw(1e-2)

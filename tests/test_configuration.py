@@ -7,8 +7,8 @@ import sys
 import pytest
 from absl import flags
 
-from memagent_jax.run import configuration
 from memagent_jax.model.config import get_preset
+from memagent_jax.run import configuration
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 QUICKSTART = str(REPO / "configs" / "quickstart.py")
@@ -71,8 +71,8 @@ def test_semantic_errors_name_the_field():
 
 
 def test_a_decaying_schedule_spans_its_phase_unless_told_otherwise():
-    from memagent_jax.run.settings import optimizer_config
     from memagent_jax.rl.optimizer import learning_rate_schedule
+    from memagent_jax.run.settings import optimizer_config
 
     config = _parse("--config.sft.steps=40", "--config.sft.optimizer.schedule=cosine",
                     "--config.sft.optimizer.end_lr_fraction=0.1")

@@ -4,8 +4,15 @@ import numpy as np
 import pytest
 
 from fixture_data import FILLER
-from memagent_jax.rl.copy_warmup import (SEPARATOR, CopyBatches, CopyTaskConfig, CopyVocabulary, copyable_ids,
-                                         copy_sequence, digit_ids)
+from memagent_jax.rl.copy_warmup import (
+    SEPARATOR,
+    CopyBatches,
+    CopyTaskConfig,
+    CopyVocabulary,
+    copy_sequence,
+    copyable_ids,
+    digit_ids,
+)
 from memagent_jax.rl.sft import end_of_turn_id
 from memagent_jax.tokenizer import load_tokenizer
 

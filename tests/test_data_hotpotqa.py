@@ -12,19 +12,20 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from fixture_data import count_tokens, hotpotqa_questions, tiny_sp_tokenizer
 from memagent_jax.data.errors import RecordError
 from memagent_jax.data.hotpotqa import RulerHQASource, load_hotpotqa, main, write_ruler_hqa
 from memagent_jax.data.pool import draw_distractors
 from memagent_jax.data.readers import open_source
-from fixture_data import hotpotqa_questions, tiny_sp_tokenizer
 from memagent_jax.data.writers import write_jsonl, write_parquet
 
 
 def _question(q: int) -> dict:
     # Ten paragraphs per question, two of them supporting; question 1 shares a paragraph with question 0.
-    context = [[f"Title {q}-{p}", [f"Paragraph {p} of question {q}.", f" It mentions answer-{q}-{p}."]] for p in range(10)]
+    context = [[f"Title {q}-{p}", [f"Paragraph {p} of question {q}.", f" It mentions answer-{q}-{p}."]]
+               for p in range(10)]
     if q == 1:
-        context[9] = [f"Title 0-0", ["Paragraph 0 of question 0.", " It mentions answer-0-0."]]
+        context[9] = ["Title 0-0", ["Paragraph 0 of question 0.", " It mentions answer-0-0."]]
     return {
         "_id": f"id{q}",
         "answer": f"answer-{q}-3",
@@ -85,7 +86,7 @@ def test_seeded_and_deterministic(hotpot: pathlib.Path) -> None:
 def test_approx_tokens(hotpot: pathlib.Path, tmp_path: pathlib.Path) -> None:
     tok = tiny_sp_tokenizer(tmp_path / "sp")
     s = RulerHQASource(hotpot, 60, tokenizer=tok)[0]
-    exact = s.document.count_tokens(tok)
+    exact = count_tokens(s.document, tok)
     assert abs(s.document.approx_tokens - exact) <= 0.05 * exact
     assert RulerHQASource(hotpot, 60)[0].document.approx_tokens == pytest.approx(len(s.document.text()) / 4, rel=0.1)
 

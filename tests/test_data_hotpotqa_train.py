@@ -10,11 +10,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from fixture_data import hotpotqa_questions
 from memagent_jax.data.errors import RecordError
 from memagent_jax.data.heldout import EVALUATION_QUESTION, HOLDS_EVALUATION_GOLD
 from memagent_jax.data.hotpotqa_train import build_training_set, main, read_split, train_schema
 from memagent_jax.data.parquet import ParquetSource
-from fixture_data import hotpotqa_questions
 
 
 def _write(path: pathlib.Path, questions: list) -> pathlib.Path:

@@ -9,11 +9,11 @@ import pickle
 
 import pytest
 
+from fixture_data import tiny_sp_tokenizer
 from memagent_jax.data.errors import RecordError
 from memagent_jax.data.parquet import ParquetSource
 from memagent_jax.data.readers import JsonArraySource, JsonlSource, open_source
 from memagent_jax.data.tasks import make_task
-from fixture_data import tiny_sp_tokenizer
 from memagent_jax.data.writers import write_jsonl, write_parquet
 
 TRAIN_ROW = {
@@ -23,7 +23,8 @@ TRAIN_ROW = {
     "reward_model": {"style": "rule", "ground_truth": ["Tim Burton"]},
     "extra_info": {"index": 41, "question": "Who directed Ed Wood?", "num_docs": 2},
 }
-EVAL_ROW = {"context": "Document 1:\nA\n\"quoted\" [brackets] {braces}", "input": "Q?", "answers": ["A", "a"], "num_docs": 1, "index": 7}
+EVAL_ROW = {"context": "Document 1:\nA\n\"quoted\" [brackets] {braces}", "input": "Q?", "answers": ["A", "a"],
+            "num_docs": 1, "index": 7}
 RULER_ROW = {
     "index": 3,
     "input": "Some special magic numbers are hidden within the following text. Make sure to memorize it.\n"
@@ -163,12 +164,14 @@ def test_malformed_json_array_and_parquet(tmp_path: pathlib.Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    rows = [TRAIN_ROW, TRAIN_ROW | {"context": None}, TRAIN_ROW, TRAIN_ROW | {"reward_model": {"style": "rule"}}]
+    rows = [TRAIN_ROW, TRAIN_ROW | {"context": None}, TRAIN_ROW | {"context": "Document 1:\nRow 2\nText."},
+            TRAIN_ROW | {"reward_model": {"style": "rule"}}]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "bad.parquet", row_group_size=2)
     with pytest.raises(RecordError, match=r"bad\.parquet row 1: field 'context' should be str"):
         ParquetSource(tmp_path / "bad.parquet")
     src = ParquetSource(tmp_path / "bad.parquet", on_error="skip")
-    assert len(src) == 2 and [src.row_of(i) for i in range(2)] == [0, 2]
+    # Records 0 and 1 are file rows 0 and 2: the bad rows 1 and 3 are skipped.
+    assert [src[i].document.text() for i in range(len(src))] == [rows[0]["context"], rows[2]["context"]]
     assert src.skipped == {
         "field 'context' should be str": 1,
         "field 'reward_model.ground_truth' should be a non-empty list of strings": 1,

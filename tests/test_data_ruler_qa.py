@@ -8,11 +8,11 @@ import pathlib
 
 import pytest
 
+from fixture_data import hotpotqa_questions, squad_dataset, tiny_sp_tokenizer
 from memagent_jax.data.errors import RecordError
 from memagent_jax.data.readers import open_source
 from memagent_jax.data.ruler_qa import ANSWER_PREFIX, HEAD, RulerQA, main, write_ruler_qa
 from memagent_jax.data.squad import load_squad
-from fixture_data import hotpotqa_questions, squad_dataset, tiny_sp_tokenizer
 
 FIELDS = ["index", "input", "outputs", "length", "length_w_model_temp", "answer_prefix"]
 INSTRUCTION = (

@@ -4,7 +4,6 @@ per bad entry."""
 import collections
 import json
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -110,7 +109,8 @@ def test_wrong_schema_mixed_formats_and_bad_records(tmp_path):
     with pytest.raises(SourceError, match=r"mix formats"):
         FileSource(spec, "s[0]")
     # An empty context and a missing answer: an error by default, skipped and counted with on_error='skip'.
-    rows = [{"context": "Some text.", "input": "q?", "answers": ["a"]}, {"context": "  ", "input": "q?", "answers": ["a"]},
+    rows = [{"context": "Some text.", "input": "q?", "answers": ["a"]},
+            {"context": "  ", "input": "q?", "answers": ["a"]},
             {"context": "Text.", "input": "q?", "answers": []}]
     (tmp_path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     [spec] = parse_sources(({"path": str(tmp_path / "eval.jsonl")},), "s")

@@ -96,7 +96,8 @@ def test_logprobs_match_the_model(engine, model):
     completion = engine.generate([Request("lp", prompt, SamplingParams(temperature=0.7, max_new_tokens=5, seed=3))])[0]
     tokens = np.asarray([prompt + completion.tokens])
     logits = np.asarray(model(tokens))[0] / 0.7
-    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+    top = logits.max(-1, keepdims=True)
+    logp = logits - np.log(np.exp(logits - top).sum(-1, keepdims=True)) - top
     expected = [logp[len(prompt) - 1 + i, t] for i, t in enumerate(completion.tokens)]
     np.testing.assert_allclose(completion.logprobs, expected, atol=1e-4)
 
@@ -206,7 +207,10 @@ def test_update_weights_drops_stale_prefixes_and_matches_the_new_model(model):
 def test_update_weights_copies_unless_the_caller_hands_over_its_arrays(model):
     engine = Engine(model, SMALL_ENGINE)
     _, state = nnx.split(Transformer(CFG, rngs=nnx.Rngs(5)))
-    pointers = lambda tree: [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)]
+
+    def pointers(tree):
+        return [x.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)]
+
     engine.update_weights(state)  # the trainer's arrays: copied (it donates them to its next update)
     assert not set(pointers(engine.weights)) & set(pointers(state))
     engine.update_weights(state, owned=True)  # a fresh copy made for the engine: taken as it is

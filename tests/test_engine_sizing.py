@@ -2,9 +2,9 @@
 
 import pytest
 
+from memagent_jax.agent.engine_sizing import size_engine
 from memagent_jax.agent.memory_agent import AgentConfig
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.agent.engine_sizing import size_engine
 from memagent_jax.tokenizer import load_tokenizer
 
 

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
+from fixture_data import tokenizer_corpus
 from memagent_jax.agent.memory_agent import Conversation, Trajectory
 from memagent_jax.agent.prompts import AgentPrompts
-from fixture_data import tokenizer_corpus
 from memagent_jax.data.records import parse_record
 from memagent_jax.data.ruler_qa import HEAD as RULER_QA_HEAD
 from memagent_jax.run.eval_data import open_eval_files

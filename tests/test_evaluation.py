@@ -12,8 +12,17 @@ import pytest
 
 from memagent_jax.agent.memory_agent import AgentConfig, Conversation, Trajectory
 from memagent_jax.data.tasks import make_task
-from memagent_jax.run.evaluation import (EvalConfig, evaluate_checkpoints, format_table, length_label, parse_checkpoints,
-                                     parse_lengths, read_results, score_trajectories, write_results)
+from memagent_jax.run.evaluation import (
+    EvalConfig,
+    evaluate_checkpoints,
+    format_table,
+    length_label,
+    parse_checkpoints,
+    parse_lengths,
+    read_results,
+    score_trajectories,
+    write_results,
+)
 from memagent_jax.tokenizer import load_tokenizer
 
 NAMES = ("SFT", "SFT+GRPO")

@@ -4,8 +4,13 @@ import numpy as np
 import pytest
 
 from memagent_jax.agent.memory_agent import Conversation, Trajectory
-from memagent_jax.rl.experience import (ExperienceConfig, group_advantages_np, rollout_metrics, score_groups,
-                                        training_sequences)
+from memagent_jax.rl.experience import (
+    ExperienceConfig,
+    group_advantages_np,
+    rollout_metrics,
+    score_groups,
+    training_sequences,
+)
 
 
 def _trajectory(sample, rollout, answer, finish="stop", error=None, memory_len=3):

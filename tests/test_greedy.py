@@ -1,7 +1,6 @@
 """The full-recompute greedy reference decoder."""
 
 import jax.numpy as jnp
-import numpy as np
 import pytest
 from flax import nnx
 

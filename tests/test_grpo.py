@@ -288,7 +288,8 @@ def test_kl_estimators_random_and_gradient():
     rng = np.random.default_rng(1)
     lp, ref = -rng.exponential(1.0, (3, 7)), -rng.exponential(1.0, (3, 7))
     for estimator in KL_ESTIMATORS:
-        want = np.vectorize(lambda a, b: ref_kl(a, b, estimator))(lp, ref)
+        # np.vectorize calls the lambda right here, so it sees this iteration's estimator.
+        want = np.vectorize(lambda a, b: ref_kl(a, b, estimator))(lp, ref)  # noqa: B023
         np.testing.assert_allclose(kl_penalty(lp.astype(np.float32), ref.astype(np.float32), estimator), want,
                                    rtol=1e-5, atol=1e-6)
     # d k3 / d logp = 1 - exp(ref - logp); no gradient into ref_logp.
@@ -357,7 +358,9 @@ def test_ppo_random_against_reference():
         for kw in (dict(), dict(clip_low=0.2, clip_high=0.28, dual_clip=None), dict(clip_high=0.3, dual_clip=2.0)):
             loss, clipped = ppo_token_loss(b["lp"].astype(np.float32), b["old"].astype(np.float32), b["adv"], **kw)
             clips = (kw.get("clip_low", 0.2), kw.get("clip_high", 0.2), kw.get("dual_clip", 3.0))
-            want = np.vectorize(lambda a, o, v: ref_ppo(a, o, v, *clips)[:2])(b["lp"], b["old"], b["adv"])
+            # np.vectorize calls the lambda right here, so it sees this iteration's clips.
+            want = np.vectorize(lambda a, o, v: ref_ppo(a, o, v, *clips)[:2])(  # noqa: B023
+                b["lp"], b["old"], b["adv"])
             np.testing.assert_allclose(loss, want[0], rtol=1e-5, atol=1e-6)
             np.testing.assert_array_equal(clipped, want[1])
 

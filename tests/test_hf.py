@@ -14,10 +14,10 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
+from fixture_model import describe_shardings, padding_to_segments
 from memagent_jax.model import hf
 from memagent_jax.model.hf import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
-from memagent_jax.model.sharding import DEFAULT_RULES, describe_shardings, logical_to_spec, make_mesh
-from memagent_jax.model.transformer import padding_to_segments
+from memagent_jax.model.sharding import DEFAULT_RULES, logical_to_spec, make_mesh
 
 VOCAB = 320  # divisible by 8, so the vocabulary really is split on an 8-way tensor axis
 TOL = 1e-4

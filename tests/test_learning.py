@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent
 from fixture_data import tokenizer_corpus
+from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent
 from memagent_jax.data.pipeline import make_pipeline
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import make_task
@@ -47,7 +47,8 @@ def test_grpo_raises_reward_from_below_0_3_to_above_0_8(tmp_path):
     sft_task = make_task("toy_code", tokenizer, 32)
     sft_data = iter(make_pipeline(SyntheticSource(sft_task, 10_000), 16, tokenizer=tokenizer,
                                   chunk_tokens=agent_cfg.chunk_size, seed=0, num_epochs=None))
-    sft_policy = Policy(model, mesh, DEFAULT_RULES, OptimizerConfig(learning_rate=3e-3, warmup_steps=5, weight_decay=0.0),
+    sft_policy = Policy(model, mesh, DEFAULT_RULES,
+                        OptimizerConfig(learning_rate=3e-3, warmup_steps=5, weight_decay=0.0),
                         UpdateConfig(objective="sft", max_segments=8), shape)
     sft = SFTTrainer(sft_policy, agent, mini_batch_size=8)
     for _ in range(SFT_STEPS):

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from memagent_jax.run import memory_budget
 from memagent_jax.model.attention import block_causal_attention
+from memagent_jax.run import memory_budget
 
 HEAD_DIM = 3  # odd, so no score array's last dimension (a key count) is mistaken for a PV output
 

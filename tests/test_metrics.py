@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 
 from memagent_jax.run import metrics
-from memagent_jax.run.metrics import PEAK_FLOPS, MetricsWriter, device_peak_flops, mfu, model_flops_per_token, read_jsonl
+from memagent_jax.run.metrics import (
+    PEAK_FLOPS,
+    MetricsWriter,
+    device_peak_flops,
+    mfu,
+    model_flops_per_token,
+    read_jsonl,
+)
 
 
 def _strict_json(line):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from fixture_model import padding_to_segments, segment_mask
 from memagent_jax.model.config import PRESETS, ModelConfig, RopeScaling, get_preset
 from memagent_jax.model.layers import rope_inverse_frequencies
-from memagent_jax.model.attention import segment_mask
-from memagent_jax.model.transformer import Transformer, padding_to_segments, positions_from_segments
+from memagent_jax.model.transformer import Transformer, positions_from_segments
 
 SMALL = ModelConfig(
     family="qwen2", vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,

@@ -5,8 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from memagent_jax.model.attention import (block_causal_attention, group_queries, masked_attention, query_block,
-                                         segment_mask)
+from fixture_model import segment_mask
+from memagent_jax.model.attention import (
+    block_causal_attention,
+    group_queries,
+    masked_attention,
+    query_block,
+)
 
 
 def _reference(q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> np.ndarray:

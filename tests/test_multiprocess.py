@@ -54,7 +54,7 @@ def _train(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, processes: int, d
             if worker.poll() is None:
                 worker.kill()
             log.close()
-    for rank, (worker, log) in enumerate(workers):
+    for worker, log in workers:
         assert worker.returncode == 0, pathlib.Path(log.name).read_text()[-4000:]
 
 
@@ -73,8 +73,9 @@ def test_two_processes_train_like_one(tmp_path, sp_tokenizer_dir):
     _train(tmp_path / "two", tokenizer_dir, processes=2, devices=2)
 
     one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
-    for key in [(2, "copy/nll"), (2, "retrieval/nll"), (2, "sft/nll"), (2, "sft/grad_norm"), (1, "rl/loss"), (1, "rl/reward_mean"),
-                (1, "rl/grad_norm"), (1, "rl/reward_std"), (1, "rl/pg_loss"), (1, "rl/sequences"), (1, "rl/update_tokens"), (1, "rl/groups_trained")]:
+    for key in [(2, "copy/nll"), (2, "retrieval/nll"), (2, "sft/nll"), (2, "sft/grad_norm"), (1, "rl/loss"),
+                (1, "rl/reward_mean"), (1, "rl/grad_norm"), (1, "rl/reward_std"), (1, "rl/pg_loss"),
+                (1, "rl/sequences"), (1, "rl/update_tokens"), (1, "rl/groups_trained")]:
         assert key in one, sorted(one)[:30]
         assert two[key] == pytest.approx(one[key], rel=1e-4, abs=1e-6), key
     assert two[(1, "rl/weight_sync_seconds")] > 0

@@ -10,8 +10,13 @@ from jax.sharding import NamedSharding, PartitionSpec
 from memagent_jax.model.config import get_preset
 from memagent_jax.model.sharding import DEFAULT_RULES, create_sharded, make_mesh
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.rl.optimizer import (OptimizerConfig, init_optimizer_state, learning_rate_schedule, make_optimizer,
-                                       optimizer_state_shardings)
+from memagent_jax.rl.optimizer import (
+    OptimizerConfig,
+    init_optimizer_state,
+    learning_rate_schedule,
+    make_optimizer,
+    optimizer_state_shardings,
+)
 
 
 def test_warmup_then_constant_as_in_memagent():

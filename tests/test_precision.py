@@ -11,15 +11,15 @@ import optax
 import pytest
 from flax import nnx
 
-from memagent_jax.run import configuration
-from memagent_jax.run.config_error import ConfigError
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.run.settings import run_settings
 from memagent_jax.rl.optimizer import OptimizerConfig, make_optimizer
 from memagent_jax.rl.packing import TrainSequence, micro_batches, pack
 from memagent_jax.rl.precision import cast_floating, precision_problems, smallest_moving_learning_rate
 from memagent_jax.rl.update import UpdateConfig, make_update_fn
+from memagent_jax.run import configuration
+from memagent_jax.run.config_error import ConfigError
+from memagent_jax.run.settings import run_settings
 
 CFG = ModelConfig(family="qwen2", vocab_size=64, hidden_size=64, intermediate_size=128, num_layers=2,
                   num_heads=4, num_kv_heads=2, head_dim=16, qkv_bias=True, tie_word_embeddings=True,
@@ -30,7 +30,8 @@ PAPER = OptimizerConfig(learning_rate=1e-6, warmup_steps=0, weight_decay=0.01, g
 def _sft_batch(seed: int, micro: int, rows_per_micro: int = 2) -> dict[str, jax.Array]:
     """Random sequences covering the vocabulary, packed into `micro` micro-batches of 64-token rows."""
     rng = np.random.default_rng(seed)
-    seqs = [TrainSequence(list(map(int, rng.integers(1, CFG.vocab_size, 60))), 20) for _ in range(micro * rows_per_micro)]
+    seqs = [TrainSequence(list(map(int, rng.integers(1, CFG.vocab_size, 60))), 20)
+            for _ in range(micro * rows_per_micro)]
     packed, _ = pack(seqs, row_len=64, max_segments=1, rows_multiple=rows_per_micro)
     return {k: jnp.asarray(v) for k, v in micro_batches(packed, rows_per_micro).items()}
 
@@ -134,7 +135,9 @@ def test_micro_batch_gradient_sums_are_float32_under_bfloat16_compute(param_dtyp
         assert np.all(np.abs(s - r) <= 1e-5 * m + 1e-12)
     # One micro-batch of 32 rows runs other matmul shapes, so its bfloat16 roundings fall elsewhere (about
     # 1% of the gradient's norm here); float32 sums keep the split from adding anything to that.
-    flat = lambda tree: np.concatenate([x.ravel() for x in tree])
+    def flat(tree):
+        return np.concatenate([x.ravel() for x in tree])
+
     assert np.linalg.norm(flat(split) - flat(unsplit)) <= 0.03 * np.linalg.norm(flat(reference))
 
 
@@ -151,7 +154,8 @@ def test_precision_problems_name_the_faults():
 
 
 def _paper_like_config() -> ml_collections.ConfigDict:
-    config = configuration.load_config_file(str(pathlib.Path(__file__).parent.parent / "configs" / "qwen2_5_7b_gpu8.py"))
+    gpu8 = pathlib.Path(__file__).parent.parent / "configs" / "qwen2_5_7b_gpu8.py"
+    config = configuration.load_config_file(str(gpu8))
     config.rl.steps = 1
     return config
 

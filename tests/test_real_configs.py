@@ -17,15 +17,16 @@ import pytest
 from flax import nnx
 from jax.sharding import AbstractMesh
 
-from memagent_jax.run import configuration, memory_budget
-from memagent_jax.run.memory_budget import DEVICE_MEMORY_BYTES, check_fits, format_budget, per_device_budget
+from fixture_model import shard_module
 from memagent_jax.model import sharding
 from memagent_jax.model.config import ModelConfig, get_preset
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.run.settings import run_settings
-from memagent_jax.run.budget_check import check_run_budget, config_budget, device_memory_bytes
 from memagent_jax.rl.logprobs import token_stats
 from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, make_optimizer
+from memagent_jax.run import configuration, memory_budget
+from memagent_jax.run.budget_check import check_run_budget, config_budget, device_memory_bytes
+from memagent_jax.run.memory_budget import DEVICE_MEMORY_BYTES, check_fits, format_budget, per_device_budget
+from memagent_jax.run.settings import run_settings
 
 CONFIGS = pathlib.Path(__file__).resolve().parent.parent / "configs"
 GPU8 = CONFIGS / "qwen2_5_7b_gpu8.py"
@@ -163,7 +164,7 @@ def test_budget_matches_real_allocation_on_tiny():
     # Training and rollout layouts that differ, on a mixed mesh: 2 KV heads stay whole on 4-way tensor.
     mixed = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})
     rollout_rules = tuple((n, None) if n == "embed" else (n, t) for n, t in rules)
-    trained = sharding.shard_module(model, mixed, rules)
+    trained = shard_module(model, mixed, rules)
     rollout = jax.device_put(nnx.state(trained), sharding.state_shardings(nnx.state(trained), mixed, rollout_rules))
     budget = per_device_budget(model_cfg, mixed, rules, optimizer=optimizer, kv_pages=64, page_size=16,
                                rollout_rules=rollout_rules, row_len=256, rows_per_micro=2)
@@ -176,8 +177,8 @@ def test_budget_matches_real_allocation_with_float32_masters_and_bfloat16_copies
     """Float32 masters and Adam state in training, the KL reference and the engine's copy in bfloat16: each
     budget item against what the real Policy and RolloutLayout allocate per device."""
     from memagent_jax.rl.policy import BatchShape, Policy
-    from memagent_jax.rl.update import UpdateConfig
     from memagent_jax.rl.rollout_layout import RolloutLayout
+    from memagent_jax.rl.update import UpdateConfig
 
     model_cfg = get_preset("tiny", dtype="bfloat16", param_dtype="float32")
     mesh = sharding.make_mesh({"data": 1, "fsdp": 2, "tensor": 4})

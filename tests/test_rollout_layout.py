@@ -6,13 +6,13 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from memagent_jax.run.configuration import tensor_parallel_rules
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig, Request, SamplingParams
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.sharding import DEFAULT_RULES, create_sharded, make_mesh
 from memagent_jax.model.transformer import Transformer
 from memagent_jax.rl.rollout_layout import RolloutLayout, local_mesh_shape
+from memagent_jax.run.configuration import tensor_parallel_rules
 
 CFG = ModelConfig(family="qwen2", vocab_size=128, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                   num_kv_heads=2, head_dim=8, max_position_embeddings=256, qkv_bias=True, tie_word_embeddings=False)
@@ -45,8 +45,10 @@ def test_fsdp_training_weights_reach_a_tensor_parallel_engine_unchanged():
     # The per-step sync: one copy onto the engine's layout, never the trainer's own buffers (it donates them).
     engine = Engine(nnx.merge(graphdef, placed), config)
     layout.send(engine, trained)
-    pointers = lambda tree: {shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)
-                             for shard in x.addressable_shards}
+
+    def pointers(tree):
+        return {shard.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree) for shard in x.addressable_shards}
+
     assert not pointers(engine.weights) & pointers(trained)
     assert jax.tree.map(lambda x: x.sharding, engine.weights) == layout.shardings
 

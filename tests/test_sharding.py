@@ -7,6 +7,7 @@ import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
 
+from fixture_model import describe_shardings, shard_module
 from memagent_jax.model import sharding as sh
 from memagent_jax.model.config import ModelConfig
 from memagent_jax.model.transformer import Transformer
@@ -108,7 +109,7 @@ def test_sharded_init_places_params_and_matches_single_device(layout, reference)
     mesh_shape, expected_specs = EXPECTED[layout]
     mesh = sh.make_mesh(mesh_shape)
     model = sh.create_sharded(_build, mesh, sh.DEFAULT_RULES)
-    specs = sh.describe_shardings(nnx.state(model))
+    specs = describe_shardings(nnx.state(model))
     for name, spec in expected_specs.items():
         assert specs[name] == spec, name
     # Each device holds only its slice: the embedding table is split whenever its spec is not empty.
@@ -128,8 +129,8 @@ def test_reshard_between_layouts_is_a_device_put(reference):
     train_mesh = sh.make_mesh({"fsdp": 8})
     model = sh.create_sharded(_build, train_mesh, sh.DEFAULT_RULES)
     rollout_mesh = sh.make_mesh({"tensor": 8})
-    moved = sh.shard_module(model, rollout_mesh, sh.DEFAULT_RULES)
-    assert sh.describe_shardings(nnx.state(moved))["layers.0.mlp.up_proj"] == P(None, "tensor")
+    moved = shard_module(model, rollout_mesh, sh.DEFAULT_RULES)
+    assert describe_shardings(nnx.state(moved))["layers.0.mlp.up_proj"] == P(None, "tensor")
     np.testing.assert_array_equal(np.asarray(moved.lm_head[...]), np.asarray(model.lm_head[...]))
 
 

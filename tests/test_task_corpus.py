@@ -3,8 +3,8 @@ import re
 import numpy as np
 import pytest
 
-from memagent_jax.agent.prompts import AgentPrompts
 from fixture_data import tokenizer_corpus
+from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.data.task_corpus import task_corpus
 from memagent_jax.data.words import ADJECTIVES, NOUNS, VERBS, key_space, word_split
 from memagent_jax.tokenizer import load_tokenizer, train_sentencepiece

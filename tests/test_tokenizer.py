@@ -288,7 +288,8 @@ QWEN_STYLE_TEMPLATE = r"""
     {{- '<|im_start|>system\n' + default_system + '<|im_end|>\n' }}
 {%- endif %}
 {%- for message in messages %}
-    {%- if message.role == 'user' or (message.role == 'system' and not loop.first) or (message.role == 'assistant' and not message.tool_calls) %}
+    {%- if message.role == 'user' or (message.role == 'system' and not loop.first)
+          or (message.role == 'assistant' and not message.tool_calls) %}
         {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
     {%- elif message.role == 'assistant' %}
         {{- '<|im_start|>assistant' }}
@@ -335,9 +336,11 @@ LLAMA3_STYLE_TEMPLATE = r"""
 """
 
 # GPT-4 style split pattern with single digits (as Qwen2) or up to three digits (as Llama 3).
-_SPLIT = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}DIGITS| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}DIGITS"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
-HF_CORPUS = synthetic_corpus(300) + [UNICODE_TEXT, WEIRD_SPACING, "You are a helpful assistant. Today Date: 26 Jul 2024"]
+HF_CORPUS = synthetic_corpus(300) + [UNICODE_TEXT, WEIRD_SPACING,
+                                     "You are a helpful assistant. Today Date: 26 Jul 2024"]
 
 
 def _build_bpe(split_digits: str, special: list[str], vocab_size: int = 700):

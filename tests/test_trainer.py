@@ -4,8 +4,8 @@ import jax
 import pytest
 from flax import nnx
 
-from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent
 from fixture_data import tokenizer_corpus
+from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent
 from memagent_jax.data.pipeline import make_pipeline
 from memagent_jax.data.synthetic import SyntheticSource
 from memagent_jax.data.tasks import make_task

@@ -11,7 +11,6 @@ from memagent_jax.run.metrics import read_jsonl
 from tiny_run_config import tiny_config
 
 
-
 @pytest.fixture(scope="module")
 def tokenizer_dir(sp_tokenizer_dir):
     return sp_tokenizer_dir
@@ -132,7 +131,8 @@ def test_data_source_errors_stop_before_anything_is_built(tmp_path, tokenizer_di
 
     write_train_parquet(tmp_path / "plain.parquet", 2, evidence=False)
     config = _config(tmp_path / "run", tokenizer_dir)
-    config[phase].sources = ({k: str(tmp_path / "plain.parquet") if v == "NOEVIDENCE" else v for k, v in entry.items()},)
+    plain = str(tmp_path / "plain.parquet")
+    config[phase].sources = ({k: plain if v == "NOEVIDENCE" else v for k, v in entry.items()},)
     with pytest.raises(ConfigError, match=message):
         TrainingRun(config)
     assert not (tmp_path / "run" / "checkpoints").exists()

@@ -151,7 +151,8 @@ def test_config_errors_are_plain_words():
 
 
 def test_fsdp_sharded_policy_step_equals_the_single_device_one(model_state):
-    from memagent_jax.model.sharding import DEFAULT_RULES, make_mesh, shard_module
+    from fixture_model import shard_module
+    from memagent_jax.model.sharding import DEFAULT_RULES, make_mesh
     from memagent_jax.rl.optimizer import OptimizerConfig
     from memagent_jax.rl.policy import BatchShape, Policy
 

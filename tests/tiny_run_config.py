@@ -8,8 +8,8 @@ import pathlib
 
 import ml_collections
 
-from memagent_jax.run.configuration import load_config_file
 from memagent_jax.model.sharding import DEFAULT_RULES
+from memagent_jax.run.configuration import load_config_file
 
 QUICKSTART = pathlib.Path(__file__).resolve().parent.parent / "configs" / "quickstart.py"
 

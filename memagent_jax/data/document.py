@@ -129,11 +129,6 @@ class Document(abc.ABC):
         if buf:
             yield buf
 
-    def count_tokens(self, tokenizer: TextTokenizer, piece_chars: int = DEFAULT_PIECE_CHARS) -> int:
-        """Exact token count by streaming (costs one tokenization pass)."""
-        encode = _CachedEncoder(tokenizer)
-        return sum(len(encode(g)) for g in self.iter_text(piece_chars))
-
     def text(self, max_chars: int = 64 * 2**20) -> str:
         """The whole text; refuses beyond ``max_chars`` so a 10M-token document is not built by accident."""
         out: list[str] = []

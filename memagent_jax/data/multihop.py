@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -133,7 +134,8 @@ class MultiHopTask(SyntheticTask):
 
     answer_mode = "any"
 
-    def __init__(self, tokenizer: TextTokenizer, target_tokens: int, *, question_types=QUESTION_TYPES, **kw):
+    def __init__(self, tokenizer: TextTokenizer, target_tokens: int, *,
+                 question_types: Sequence[str] = QUESTION_TYPES, **kw: Any):
         bad = set(question_types) - set(QUESTION_TYPES)
         if bad or not question_types:
             raise ValueError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {question_types}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from typing import Any
 
 import numpy as np
 
@@ -124,7 +125,7 @@ class NeedleTask(SyntheticTask):
         value_kind: str = "numbers",
         key_kind: str = "words",
         haystack: str = "noise",
-        **kwargs,
+        **kwargs: Any,
     ):
         if value_kind not in VALUE_KINDS:
             raise ValueError(f"value_kind must be one of {VALUE_KINDS}, got {value_kind!r}")

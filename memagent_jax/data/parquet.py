@@ -22,7 +22,7 @@ __all__ = ["ParquetSource"]
 
 
 class ParquetSource(RecordSource):
-    def __init__(self, path: str | os.PathLike, fmt: str = "auto", *, batch_rows: int = 64, **kwargs):
+    def __init__(self, path: str | os.PathLike, fmt: str = "auto", *, batch_rows: int = 64, **kwargs: Any):
         super().__init__(path, fmt, **kwargs)
         import pyarrow.parquet as pq
 
@@ -75,10 +75,6 @@ class ParquetSource(RecordSource):
 
     def __len__(self) -> int:
         return len(self._rows)
-
-    def row_of(self, index: int) -> int:
-        """The file row number of valid record ``index``."""
-        return int(self._rows[index])
 
     def _raw(self, index: int) -> tuple[Any, str]:
         row = int(self._rows[index])

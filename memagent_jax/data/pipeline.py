@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import grain
 import numpy as np
@@ -141,9 +141,3 @@ def make_pipeline(
             flags.FLAGS.mark_as_parsed()  # use their defaults instead of failing
         out = out.mp_prefetch(grain.MultiprocessingOptions(num_workers=mp_workers))
     return out
-
-
-def skip_metrics(source: Any) -> dict[str, int]:
-    """The skip counters of a reader (``{}`` for sources that cannot skip, like synthetic tasks)."""
-    metrics = getattr(source, "metrics", None)
-    return dict(metrics()) if callable(metrics) else {}

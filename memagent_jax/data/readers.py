@@ -73,7 +73,7 @@ def read_json(path: str | os.PathLike) -> Any:
 class JsonlSource(RecordSource):
     """One JSON record per line; blank lines are allowed and ignored."""
 
-    def __init__(self, path: str | os.PathLike, fmt: str = "auto", **kwargs):
+    def __init__(self, path: str | os.PathLike, fmt: str = "auto", **kwargs: Any):
         super().__init__(path, fmt, **kwargs)
         offsets, lengths, lines = [], [], []
         with open(self.path, "rb") as f:
@@ -117,7 +117,7 @@ _TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]|[^\s,:\[\]{}"]+')
 class JsonArraySource(RecordSource):
     """A file holding one JSON array of records (MemAgent's evaluation JSON), indexed without loading it."""
 
-    def __init__(self, path: str | os.PathLike, fmt: str = "auto", **kwargs):
+    def __init__(self, path: str | os.PathLike, fmt: str = "auto", **kwargs: Any):
         super().__init__(path, fmt, **kwargs)
         spans: list[tuple[int, int]] = []
         if self.path.stat().st_size == 0:  # mmap refuses an empty file
@@ -184,7 +184,7 @@ class _LineCounter:
         return self._line
 
 
-def open_source(path: str | os.PathLike, fmt: str = "auto", **kwargs) -> RecordSource:
+def open_source(path: str | os.PathLike, fmt: str = "auto", **kwargs: Any) -> RecordSource:
     """A reader for ``path`` chosen by extension: .jsonl, .json (an array) or .parquet."""
     suffix = pathlib.Path(path).suffix.lower()
     if suffix == ".jsonl":

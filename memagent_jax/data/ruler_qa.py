@@ -208,6 +208,23 @@ class RulerQA:
         yield "\n\n" + QUESTION.format(query=query)
 
 
+def _rows(qa: RulerQA, offset: int, num_samples: int, too_long: list[int]) -> Iterator[dict[str, Any]]:
+    """Up to ``num_samples`` rows from question ``offset`` on; appends to ``too_long`` the questions skipped
+    because their own documents exceed the target."""
+    made = 0
+    for q in range(offset, len(qa.questions)):
+        if made == num_samples:
+            return
+        try:
+            row = qa.row(q)
+        except TooLong as err:
+            too_long.append(q)
+            log.warning("skipping %s", err)
+            continue
+        made += 1
+        yield row
+
+
 def write_ruler_qa(
     task: str,
     data: str | os.PathLike,
@@ -229,23 +246,8 @@ def write_ruler_qa(
     for target in target_tokens:
         qa = RulerQA(task, data, tokenizer, target, seed=seed, on_error=on_error)
         too_long: list[int] = []
-
-        def rows() -> Iterator[dict[str, Any]]:
-            made = 0
-            for q in range(offset, len(qa.questions)):
-                if made == num_samples:
-                    return
-                try:
-                    row = qa.row(q)
-                except TooLong as err:
-                    too_long.append(q)
-                    log.warning("skipping %s", err)
-                    continue
-                made += 1
-                yield row
-
         path = out / f"{task}_{target}.jsonl"
-        n = write_jsonl_rows(rows(), path)
+        n = write_jsonl_rows(_rows(qa, offset, num_samples, too_long), path)
         written.append({"path": str(path), "rows": n, "skipped_too_long": too_long})
     return written
 

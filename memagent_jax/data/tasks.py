@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import Any
 
 from memagent_jax.data.document import TextTokenizer
 from memagent_jax.data.multihop import MultiHopTask
@@ -41,7 +42,7 @@ TASKS: dict[str, Callable[..., SyntheticTask]] = {
 }
 
 
-def make_task(name: str, tokenizer: TextTokenizer, target_tokens: int, **kwargs) -> SyntheticTask:
+def make_task(name: str, tokenizer: TextTokenizer, target_tokens: int, **kwargs: Any) -> SyntheticTask:
     """The preset ``name`` (see TASKS) with documents of about ``target_tokens`` tokens; its RNG is
     seeded by the preset name, so ``make_task("vt", ...)`` and ``VariableTrackingTask(...)`` differ."""
     if name not in TASKS:

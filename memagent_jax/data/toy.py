@@ -4,7 +4,9 @@ signal from the start, and a tiny model can learn to carry the digit through its
 
 from __future__ import annotations
 
-from memagent_jax.data.document import Sample, Span, TextDocument
+from typing import Any
+
+from memagent_jax.data.document import Sample, Span, TextDocument, TextTokenizer
 from memagent_jax.data.synthetic import SyntheticTask
 
 __all__ = ["CodeTask"]
@@ -17,7 +19,7 @@ class CodeTask(SyntheticTask):
 
     answer_mode = "any"
 
-    def __init__(self, tokenizer, target_tokens: int, *, digits: str = "0123456789", **kwargs):
+    def __init__(self, tokenizer: TextTokenizer, target_tokens: int, *, digits: str = "0123456789", **kwargs: Any):
         if not digits or not digits.isdigit():
             raise ValueError(f"digits must be a non-empty string of digits, got {digits!r}")
         self.digits = digits

@@ -13,11 +13,12 @@ the asked value's chain and ignore the example's.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from memagent_jax.data.haystack import FILLER
 from memagent_jax.data.document import Sample, Span, TextTokenizer
-from memagent_jax.data.haystack import FillerLines, HaystackDocument
+from memagent_jax.data.haystack import FILLER, FillerLines, HaystackDocument
 from memagent_jax.data.synthetic import SyntheticTask
 from memagent_jax.data.words import UPPER
 
@@ -50,7 +51,7 @@ class VariableTrackingTask(SyntheticTask):
     answer_mode = "all"
 
     def __init__(self, tokenizer: TextTokenizer, target_tokens: int, *, num_chains: int = 1, num_hops: int = 4,
-                 one_shot_tokens: int = 500, **kw):
+                 one_shot_tokens: int = 500, **kw: Any):
         if num_chains < 1 or num_hops < 0 or one_shot_tokens < 0:
             raise ValueError("need num_chains >= 1, num_hops >= 0 and one_shot_tokens >= 0")
         self.num_chains, self.num_hops, self.one_shot_tokens = num_chains, num_hops, one_shot_tokens

@@ -6,8 +6,8 @@ its blocks with a fori_loop that stops at the last block holding a valid key. A 
 pages: their ids are loaded as a vector and K/V are gathered as [pages_per_block, page_size, head_dim]
 (each page a contiguous [page_size, head_dim] tile in the KV-head-major layout), viewed as
 [block_k, head_dim]. All `group` query heads of the KV head are scored at once ([G, hd] x [hd, block_k]),
-keys at or past the length are masked, and an online softmax keeps a running max m, denominator l and
-accumulator acc in float32. Each split writes (m, l, acc); a small XLA pass merges the splits.
+keys at or past the length are masked, and an online softmax keeps a running max m, denominator denom and
+accumulator acc in float32. Each split writes (m, denom, acc); a small XLA pass merges the splits.
 
 Constraints (checked with clear errors): head_dim a power of two >= 16 and block_k = pages_per_block *
 page_size a power of two >= 16 (Triton's dot wants power-of-two dims >= 16; page size 8 needs >= 2 pages
@@ -31,6 +31,7 @@ from jax.experimental.pallas import triton as pltriton
 from memagent_jax.engine.page_shapes import check_paged_shapes
 from memagent_jax.model.attention import MASK_VALUE
 
+
 def _is_pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
@@ -39,10 +40,14 @@ def _next_pow2(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
 
+Carry = tuple[jax.Array, jax.Array, jax.Array]  # the online softmax's (m, denom, acc)
+
+
 def _decode_kernel(
-    lengths_ref, page_table_ref, q_ref, k_ref, v_ref, acc_ref, m_ref, l_ref,
+    lengths_ref: jax.Ref, page_table_ref: jax.Ref, q_ref: jax.Ref, k_ref: jax.Ref, v_ref: jax.Ref,
+    acc_ref: jax.Ref, m_ref: jax.Ref, denom_ref: jax.Ref,
     *, pages_per_block: int, page_size: int, blocks_per_split: int, scale: float,
-):
+) -> None:
     block_k = pages_per_block * page_size
     split = pl.program_id(2)
     length = lengths_ref[0]
@@ -53,8 +58,8 @@ def _decode_kernel(
     first = split * blocks_per_split
     last = jnp.minimum(first + blocks_per_split, pl.cdiv(length, block_k))
 
-    def body(block, carry):
-        m, l, acc = carry
+    def body(block: jax.Array, carry: Carry) -> Carry:
+        m, denom, acc = carry
         page_ids = page_table_ref[pl.ds(pl.multiple_of(block * pages_per_block, pages_per_block),
                                         pages_per_block)]
         k = k_ref[page_ids].reshape(block_k, -1)  # gather pages_per_block pages of this KV head
@@ -73,7 +78,7 @@ def _decode_kernel(
         pv = jax.lax.dot_general(
             p, v.astype(jnp.float32), (((1,), (0,)), ((), ())),
             precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
-        return m_new, alpha * l + p.sum(axis=1), alpha[:, None] * acc + pv
+        return m_new, alpha * denom + p.sum(axis=1), alpha[:, None] * acc + pv
 
     groups, head_dim = q.shape
     init = (
@@ -81,10 +86,10 @@ def _decode_kernel(
         jnp.zeros((groups,), jnp.float32),
         jnp.zeros((groups, head_dim), jnp.float32),
     )
-    m, l, acc = jax.lax.fori_loop(first, last, body, init)
+    m, denom, acc = jax.lax.fori_loop(first, last, body, init)
     acc_ref[...] = acc
     m_ref[...] = m
-    l_ref[...] = l
+    denom_ref[...] = denom
 
 
 def _default_pages_per_block(page_size: int) -> int:
@@ -142,7 +147,7 @@ def paged_decode_attention_pallas_gpu(
         _decode_kernel, pages_per_block=pages_per_block, page_size=page_size,
         blocks_per_split=blocks_per_split, scale=head_dim ** -0.5)
     kv_spec = pl.BlockSpec((None, num_pages, page_size, head_dim), lambda b, h, s: (h, 0, 0, 0))
-    acc, m, l = pl.pallas_call(
+    acc, m, split_denom = pl.pallas_call(
         kernel,
         grid=(batch, num_kv_heads, num_splits),
         in_specs=[
@@ -168,10 +173,10 @@ def paged_decode_attention_pallas_gpu(
         name="paged_decode_attention",
     )(lengths.astype(jnp.int32), page_table, qg, k_pages, v_pages)
 
-    # Merge the splits: rescale each to the global max. Empty splits have l == 0 and drop out.
+    # Merge the splits: rescale each to the global max. Empty splits have split_denom == 0 and drop out.
     m_all = m.max(axis=2, keepdims=True)
     weight = jnp.exp(m - m_all)
-    denom = (weight * l).sum(axis=2)
+    denom = (weight * split_denom).sum(axis=2)
     out = (weight[..., None] * acc).sum(axis=2) / jnp.maximum(denom, 1e-30)[..., None]
     out = out[:, :, :group].reshape(batch, num_heads, head_dim)
     return out.astype(q.dtype)

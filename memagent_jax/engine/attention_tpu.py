@@ -2,8 +2,9 @@
 
 jax.experimental.pallas.ops.tpu.paged_attention.paged_attention already takes the KV-head-major page layout;
 this wrapper renames arguments, applies the head_dim ** -0.5 scale (the kernel does not scale scores; q
-is scaled in float32, which the kernel computes in anyway), pads the page table to a whole number of compute blocks (the kernel
-requires pages_per_compute_block to divide it; padding ids are page 0 and are never read past a length)
+is scaled in float32, which the kernel computes in anyway), pads the page table to a whole number of compute
+blocks (the kernel requires pages_per_compute_block to divide it; padding ids are page 0 and are never read
+past a length)
 and chooses a block size. `interpret=True` runs the kernel under Pallas' TPU interpret mode, which
 simulates TPU memory and DMAs on CPU: that is how the tests cover it. Real-TPU compilation (Mosaic's layout
 constraints on head_dim/page_size) and speed are untested here, and the block-size default is untuned.

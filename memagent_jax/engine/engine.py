@@ -90,7 +90,7 @@ class EngineStats:
 class Engine:
     """Generates completions for token-id requests with a model on a paged KV cache."""
 
-    def __init__(self, model: Transformer, config: EngineConfig = EngineConfig()):
+    def __init__(self, model: Transformer, config: EngineConfig = EngineConfig()):  # noqa: B008 (frozen: safe to share)
         self.config = config
         self.model_config = model.cfg
         if config.max_seq_len > model.cfg.max_position_embeddings:

@@ -47,9 +47,9 @@ class DecodeOutput(NamedTuple):
 
 
 def make_prefill_fn(graphdef: nnx.GraphDef, on_trace: Callable[[str], None]) -> Callable:
-    """prefill(state, cache, batch, fresh) -> (tokens [B], logprobs [B], logits [B, V], cache): writes the chunk's KV and
-    samples a token after each row's last valid position (used only for rows whose prompt ends in this
-    chunk). `fresh` (static): every row starts at position 0, so attention needs no page reads."""
+    """prefill(state, cache, batch, fresh) -> (tokens [B], logprobs [B], logits [B, V], cache): writes the
+    chunk's KV and samples a token after each row's last valid position (used only for rows whose prompt ends
+    in this chunk). `fresh` (static): every row starts at position 0, so attention needs no page reads."""
 
     @functools.partial(jax.jit, donate_argnums=(1,), static_argnums=(3,), compiler_options=POLICY_PROGRAMS)
     def prefill(state: nnx.State, cache: KVCache, batch: PrefillBatch, fresh: bool):
@@ -89,7 +89,10 @@ def make_decode_fn(
         model = nnx.merge(graphdef, state)
         slots = batch.tokens.shape[0]
 
-        def body(carry):
+        # (step, cache, tokens, positions, active, out): the while loop's state.
+        Carry = tuple[jax.Array, KVCache, jax.Array, jax.Array, jax.Array, DecodeOutput]
+
+        def body(carry: Carry) -> Carry:
             k, cache, tokens, positions, active, out = carry
             hidden, cache = paged_forward(
                 model, cache, tokens[:, None], positions[:, None], active[:, None], batch.page_table,

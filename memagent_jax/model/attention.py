@@ -49,14 +49,6 @@ def ungroup_queries(out: jax.Array) -> jax.Array:
     return out.transpose(0, 3, 1, 2, 4).reshape(batch, length, kv_heads * group, head_dim)
 
 
-def segment_mask(segment_ids: jax.Array) -> jax.Array:
-    """[B, T, T] boolean: query i may see key j iff j <= i and both are in the same non-pad segment."""
-    seq_len = segment_ids.shape[-1]
-    causal = jnp.tril(jnp.ones((seq_len, seq_len), bool))
-    same = segment_ids[..., :, None] == segment_ids[..., None, :]
-    return causal & same & (segment_ids[..., None, :] > 0)
-
-
 def query_block(length: int, block: int = BLOCK) -> int:
     """The query block block_causal_attention uses for rows of `length` tokens: `block` when it splits the
     row into two or more whole blocks, else the whole row (one dense block). The memory budget counts

@@ -150,22 +150,6 @@ def create_sharded(
     return nnx.merge(graphdef, state)
 
 
-def shard_module(module: nnx.Module, mesh: Mesh, rules: Rules) -> nnx.Module:
-    """Places an existing module's state on the mesh per the rules (a copy; the input is untouched)."""
-    graphdef, state = nnx.split(module)
-    return nnx.merge(graphdef, jax.device_put(state, state_shardings(state, mesh, rules)))
-
-
-def describe_shardings(state: nnx.State) -> dict[str, PartitionSpec]:
-    """'layers.0.self_attn.q_proj' -> PartitionSpec of the placed array: for tests, logs and reports."""
-    out: dict[str, PartitionSpec] = {}
-    for path, variable in nnx.to_flat_state(state):
-        value = variable.get_value() if _is_variable(variable) else variable
-        sharding = getattr(value, "sharding", None)
-        out[".".join(str(p) for p in path)] = getattr(sharding, "spec", None)
-    return out
-
-
 def batch_sharding(mesh: Mesh, rules: Rules, ndim: int = 2) -> NamedSharding:
     """Sharding for [batch, length, ...] inputs: batch over the `batch` rule's axes, the rest replicated."""
     axes = [a for a in validate_rules(rules).get("batch", ()) if mesh.shape[a] > 1]

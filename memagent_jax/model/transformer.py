@@ -175,10 +175,3 @@ class Transformer(nnx.Module):
 
 def _run_layer(layer: DecoderLayer, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
     return layer(x, positions, segment_ids)
-
-
-def padding_to_segments(attention_mask: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """HF-style 0/1 attention mask (left or right padding) -> (segment_ids, positions counted on real tokens)."""
-    mask = attention_mask.astype(jnp.int32)
-    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0) * mask
-    return mask, positions.astype(jnp.int32)

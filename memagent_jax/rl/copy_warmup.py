@@ -19,7 +19,6 @@ process takes its slice of the same global batch, so 1 and N processes train on 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
 
 import numpy as np
 

@@ -17,9 +17,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from memagent_jax.parallel import collectives
 from memagent_jax.model.sharding import Rules, as_mesh_axes, batch_sharding
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.parallel import collectives
 from memagent_jax.rl.optimizer import OptimizerConfig, init_optimizer_state, make_optimizer
 from memagent_jax.rl.packing import TrainSequence, micro_batches, pack
 from memagent_jax.rl.precision import cast_floating
@@ -95,8 +95,8 @@ class Policy:
             # share of that update is then nothing), and an update no process has data for is left out.
             count = collectives.agree_max(len(mini_batches))
             padded = list(mini_batches) + [[]] * (count - len(mini_batches))
-            mini_batches = [m for m, used in zip(padded, collectives.gather(np.asarray([bool(m) for m in padded])).any(0))
-                            if used]
+            used_anywhere = collectives.gather(np.asarray([bool(m) for m in padded])).any(0)
+            mini_batches = [m for m, used in zip(padded, used_anywhere) if used]
         else:
             mini_batches = [m for m in mini_batches if m]
         if not mini_batches:

@@ -10,8 +10,8 @@ the notes of the document's evidence (what the oracle memory holds after the las
 ``memory_text``, e.g. a needle's value). BENCHMARKS.md
 ("Retrieval warm-up") has the measured effect.
 
-Sequence: document tokens, newline, question, newline | the evidence memory (data.document.evidence_memory), end-of-turn;
-loss on the part after the bar. With `boxed_answer` the target goes on to the agent's final answer,
+Sequence: document tokens, newline, question, newline | the evidence memory (data.document.evidence_memory),
+end-of-turn; loss on the part after the bar. With `boxed_answer` the target goes on to the agent's final answer,
 `\\boxed{...}` after one more newline: a model answers from a memory of evidence lines, and copying the value
 out of a line into the box is trained here on every sample, where SFT has one answer per document.
 """

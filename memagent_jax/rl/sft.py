@@ -72,11 +72,12 @@ def oracle_sequences(item: AgentSample, tokenizer: Tokenizer, prompts: AgentProm
     """The SFT conversations of one sample: a memory update per chunk, then the final answer.
 
     `quiet_updates` None keeps every update. A number keeps every update that changes the memory, the final
-    answer, and only that many of the updates that leave the memory as it was (chosen at random, fixed per sample). A long document then
-    costs about what a short one does, yet teaches what only long documents show: whole chunks of haystack
-    both before the evidence (the memory stays empty) and after it (the memory is kept). Trained on short
-    documents alone, the tiny model learned that a full chunk of filler means an empty memory, and wiped
-    memories it had found at 4K tokens and beyond (BENCHMARKS.md "RULER's task definitions")."""
+    answer, and only that many of the updates that leave the memory as it was (chosen at random, fixed per
+    sample). A long document then costs about what a short one does, yet teaches what only long documents
+    show: whole chunks of haystack both before the evidence (the memory stays empty) and after it (the memory
+    is kept). Trained on short documents alone, the tiny model learned that a full chunk of filler means an
+    empty memory, and wiped memories it had found at 4K tokens and beyond (BENCHMARKS.md "RULER's task
+    definitions")."""
     sample = item.sample
     spans = [span.text for span in sample.document.spans]
     # Notes when every span has one (the synthetic tasks): the memory is then the answer as far as it goes.

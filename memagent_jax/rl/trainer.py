@@ -19,10 +19,10 @@ from typing import Any, Callable, Iterator, Sequence
 
 import jax
 
-from memagent_jax.parallel import collectives
 from memagent_jax.agent.memory_agent import MemoryAgent
 from memagent_jax.data.pipeline import AgentSample
 from memagent_jax.engine.engine import Engine
+from memagent_jax.parallel import collectives
 from memagent_jax.rl.experience import ExperienceConfig, Group, rollout_metrics, score_groups, training_sequences
 from memagent_jax.rl.packing import TrainSequence
 from memagent_jax.rl.policy import Policy
@@ -42,7 +42,8 @@ class RLConfig:
         if self.group_size < 1 or self.batch_size < 1 or self.mini_batch_size < 1 or self.max_refills < 0:
             raise ValueError(f"group_size, batch_size, mini_batch_size must be >= 1 and max_refills >= 0: {self}")
         if self.batch_size % self.mini_batch_size:
-            raise ValueError(f"batch_size={self.batch_size} must be a multiple of mini_batch_size={self.mini_batch_size}")
+            raise ValueError(
+                f"batch_size={self.batch_size} must be a multiple of mini_batch_size={self.mini_batch_size}")
         if self.dynamic_sampling and self.group_size < 2:
             raise ValueError("dynamic_sampling needs group_size >= 2 (a group of one is always uniform)")
 

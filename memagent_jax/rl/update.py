@@ -3,7 +3,8 @@
 One call = one mini-batch update: the loss of every micro-batch is divided by the mini-batch's total
 denominator (response tokens or sequences, counted before the scan), so accumulated gradients equal the
 gradient of the whole mini-batch whatever the split (summed in float32 whatever the params' dtype). Empty
-micro-batches (padding to a power of two) skip their compute. A non-finite loss or gradient leaves parameters and optimizer state untouched.
+micro-batches (padding to a power of two) skip their compute. A non-finite loss or gradient leaves parameters
+and optimizer state untouched.
 """
 
 from __future__ import annotations
@@ -102,18 +103,23 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
 
     def update(params: Any, opt_state: Any, batch: dict[str, jax.Array]) -> tuple[Any, Any, dict[str, jax.Array]]:
         mask = batch["loss_mask"]
-        per_micro = jax.vmap(lambda m, s: grpo.aggregate(m, m, s, mode, cfg.max_segments)[1])(mask, batch["segment_ids"])
+        per_micro = jax.vmap(lambda m, s: grpo.aggregate(m, m, s, mode, cfg.max_segments)[1])(
+            mask, batch["segment_ids"])
         denominator = jnp.maximum(jnp.sum(per_micro), 1.0)
         tokens = jnp.maximum(jnp.sum(mask), 1.0)
 
-        def body(carry, micro):
+        # (gradient sums, loss sum, token-metric sums) over the micro-batches so far.
+        Carry = tuple[Any, jax.Array, dict[str, jax.Array]]
+        MicroResult = tuple[jax.Array, dict[str, jax.Array], Any]  # (loss, token metrics, gradients)
+
+        def body(carry: Carry, micro: dict[str, jax.Array]) -> tuple[Carry, None]:
             grads, loss, sums = carry
 
-            def compute(_):
+            def compute(_: None) -> MicroResult:
                 (value, aux), grad = grad_fn(params, micro, denominator)
                 return value, aux, cast_floating(grad, jnp.float32)
 
-            def skip(_):
+            def skip(_: None) -> MicroResult:
                 return jnp.float32(0), {k: jnp.float32(0) for k in sums}, _float32_zeros_like(params)
 
             value, aux, grad = jax.lax.cond(jnp.any(micro["loss_mask"] > 0), compute, skip, None)
@@ -132,7 +138,9 @@ def make_update_fn(graphdef: nnx.GraphDef, optimizer: optax.GradientTransformati
         # Not optax.apply_if_finite: it looks at the gradients only (a NaN loss with finite gradients would
         # train), applies the bad update after max_consecutive_errors, and wraps the optimizer state in its
         # own, so checkpoints saved before would no longer restore.
-        keep = lambda new, old: jnp.where(finite, new, old)
+        def keep(new: jax.Array, old: jax.Array) -> jax.Array:
+            return jnp.where(finite, new, old)
+
         new_params = jax.tree.map(keep, new_params, params)
         new_opt_state = jax.tree.map(keep, new_opt_state, opt_state)
         metrics = {"loss": loss, "grad_norm": grad_norm, "skipped": (~finite).astype(jnp.float32),

@@ -13,10 +13,10 @@ from typing import Any
 import jax
 import ml_collections
 
+from memagent_jax.rl.optimizer import make_optimizer
 from memagent_jax.run import configuration
 from memagent_jax.run.memory_budget import DEVICE_MEMORY_BYTES, Budget, check_fits, format_budget, per_device_budget
 from memagent_jax.run.settings import RunSettings
-from memagent_jax.rl.optimizer import make_optimizer
 
 
 def config_budget(config: ml_collections.ConfigDict, settings: RunSettings, mesh: Any,

@@ -10,11 +10,11 @@ from absl import logging
 from flax import nnx
 from jax.sharding import Mesh
 
-from memagent_jax.run import configuration
-from memagent_jax.parallel import collectives
 from memagent_jax.data.task_corpus import task_corpus
 from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
+from memagent_jax.parallel import collectives
+from memagent_jax.run import configuration
 from memagent_jax.tokenizer import Tokenizer, load_tokenizer, train_sentencepiece
 
 

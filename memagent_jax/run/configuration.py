@@ -24,7 +24,6 @@ from memagent_jax.model.sharding import DEFAULT_RULES, MESH_AXES, rules_from_con
 from memagent_jax.run.config_error import ConfigError
 
 
-
 def model_section(preset: str, **overrides: Any) -> ml_collections.ConfigDict:
     """All ModelConfig fields of a preset as a ConfigDict, so any of them can be overridden by flag.
 

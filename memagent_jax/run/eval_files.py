@@ -18,8 +18,16 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory
-from memagent_jax.agent.verify import best_of, boxed_reward, exact_match, extract_answer, f1_score, \
-    string_match_all_single, string_match_part_single, sub_em
+from memagent_jax.agent.verify import (
+    best_of,
+    boxed_reward,
+    exact_match,
+    extract_answer,
+    f1_score,
+    string_match_all_single,
+    string_match_part_single,
+    sub_em,
+)
 from memagent_jax.data.document import Sample
 from memagent_jax.run.eval_data import EvalFile
 from memagent_jax.run.eval_store import ResultStore, sample_key

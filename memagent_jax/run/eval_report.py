@@ -109,12 +109,14 @@ def format_file_table(summary: Mapping[str, Any], sampling: str) -> str:
                    f"{cell['samples'] + cell['pending']} | " + " | ".join(values) + " |")
     for name in names:
         out += ["", f"## All metrics: {name}", "",
-                "| file | length | samples | sub_em | EM | F1 | string_match_all | string_match_part | boxed | errors |",
+                "| file | length | samples | sub_em | EM | F1 | string_match_all | string_match_part | boxed "
+                "| errors |",
                 "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for cell in summary["checkpoints"][name]["by_file"]:
             out.append(f"| {cell['file']} | {bucket_label(tuple(cell['bucket']))} | {cell['samples']} | "
                        + " | ".join(_pct({**cell, "pending": 0}, s) for s in SCORES) + f" | {cell['errors']} |")
-    out += ["", "## Skipped records", "", "| file | records | evaluated | skipped | reasons |", "|---|---:|---:|---:|---|"]
+    out += ["", "## Skipped records", "",
+            "| file | records | evaluated | skipped | reasons |", "|---|---:|---:|---:|---|"]
     for f in summary["files"]:
         reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(f["skipped"].items())) or "–"
         out.append(f"| {f['file']} | {f['records']} | {f['kept']} | {sum(f['skipped'].values())} | {reasons} |")

@@ -23,18 +23,22 @@ import pathlib
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-
+from memagent_jax.agent.engine_sizing import size_engine
 from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, AgentTask, Trajectory
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.agent.verify import boxed_reward, extract_answer, extract_last_boxed, string_match_all_single, \
-    string_match_part_single
+from memagent_jax.agent.verify import (
+    boxed_reward,
+    extract_answer,
+    extract_last_boxed,
+    string_match_all_single,
+    string_match_part_single,
+)
 from memagent_jax.data.document import Sample
 from memagent_jax.data.synthetic import MAX_TARGET_TOKENS, SyntheticSource
 from memagent_jax.data.tasks import TASKS, make_task
 from memagent_jax.data.words import KEY_SPLITS
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
-from memagent_jax.agent.engine_sizing import size_engine
 from memagent_jax.run.checkpoint_agent import open_agent
 
 __all__ = ["EvalConfig", "LONG_LENGTHS", "draw_lines", "evaluate_checkpoint", "evaluate_checkpoints", "format_table",
@@ -241,8 +245,10 @@ def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,
             for first in range(0, len(source), cfg.batch):
                 samples = [source[i] for i in range(first, min(first + cfg.batch, len(source)))]
                 tasks = [AgentTask((task_name, length, s.index), s.question,
-                                   # Default argument binds this sample's document (not the loop's last).
-                                   lambda doc=s.document: counter.wrap(doc.iter_tokens(tokenizer, cfg.chunk_size)),
+                                   # Default arguments bind this sample's document and this cell's counter
+                                   # (not the loops' last).
+                                   lambda doc=s.document, counter=counter: counter.wrap(
+                                       doc.iter_tokens(tokenizer, cfg.chunk_size)),
                                    answers=tuple(s.answers))
                          for s in samples]
                 trajectories = agent.run(tasks, group_size=1, keep_prompts=False)

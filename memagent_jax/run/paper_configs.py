@@ -9,8 +9,16 @@ one PPO epoch.
 import ml_collections
 from ml_collections.config_dict import placeholder
 
-from memagent_jax.run.configuration import (copy_section, mesh_section, model_section, optimizer_section, output_sections,
-                                        retrieval_section, sharding_section, tensor_parallel_rules)
+from memagent_jax.run.configuration import (
+    copy_section,
+    mesh_section,
+    model_section,
+    optimizer_section,
+    output_sections,
+    retrieval_section,
+    sharding_section,
+    tensor_parallel_rules,
+)
 
 # MemAgent: AdamW, lr 1e-6, 20 warm-up steps then constant, weight decay 0.01, global-norm clip 1.0.
 PAPER_OPTIMIZER = dict(learning_rate=1e-6, warmup_steps=20, weight_decay=0.01, grad_clip=1.0)
@@ -67,11 +75,12 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     config.retrieval = retrieval_section(0)  # ... and find lines by their content
     config.sft = ml_collections.ConfigDict({
         "steps": 0, "batch_size": 16, "mini_batch_size": 16, "num_samples": 8192,
-        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (), "quiet_updates": placeholder(int),  # None: every update
+        "tasks": ("multihop_qa",), "lengths": (28000,), "sources": (),
+        "quiet_updates": placeholder(int),  # None: every update
         "optimizer": optimizer_section(**PAPER_OPTIMIZER)})
     # Multi-Conv GRPO: G=16 rollouts per sample, batch_size samples per step in mini-batches (the paper: 128/8
-    # for the 7B, 256/16 for the 14B: 16 updates per step), one PPO epoch; advantage = reward - group mean (no std division), no DAPO filters. 400 steps:
-    # the paper's gains appear within the first 150-400.
+    # for the 7B, 256/16 for the 14B: 16 updates per step), one PPO epoch; advantage = reward - group mean
+    # (no std division), no DAPO filters. 400 steps: the paper's gains appear within the first 150-400.
     # Loss: PPO clip 0.2/0.2 (clip-higher: raise clip_high, e.g. 0.28 as DAPO or 0.3 as a reproduction did),
     # dual clip 3.0, token-mean over the mini-batch, k3 KL to the reference at 0.001, no entropy bonus.
     # Truncated importance sampling on (tis_cap 2.0; None = off): the bfloat16 engine and trainer are two

@@ -12,8 +12,6 @@ from typing import Any, Callable, TypeVar
 import ml_collections
 
 from memagent_jax.agent.memory_agent import AgentConfig
-from memagent_jax.run.config_keys import check_run_keys
-from memagent_jax.run.config_error import ConfigError
 from memagent_jax.data.tasks import TASKS
 from memagent_jax.engine.requests import EngineConfig
 from memagent_jax.rl.copy_warmup import CopyTaskConfig
@@ -24,6 +22,8 @@ from memagent_jax.rl.policy import BatchShape
 from memagent_jax.rl.precision import precision_problems
 from memagent_jax.rl.trainer import RLConfig
 from memagent_jax.rl.update import UpdateConfig
+from memagent_jax.run.config_error import ConfigError
+from memagent_jax.run.config_keys import check_run_keys
 
 T = TypeVar("T")
 

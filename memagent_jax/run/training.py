@@ -19,28 +19,27 @@ import ml_collections
 from absl import logging
 from flax import nnx
 
-from memagent_jax.run import configuration
-from memagent_jax.parallel import collectives
 from memagent_jax.agent.memory_agent import AgentConfig, MemoryAgent, check_fits
 from memagent_jax.agent.prompts import AgentPrompts
-from memagent_jax.run.checkpoint import Checkpointer
 from memagent_jax.data.mixture import MixtureSource
 from memagent_jax.data.pipeline import make_pipeline
 from memagent_jax.data.sources import SourceError, build_sources, parse_sources
 from memagent_jax.engine.engine import Engine
-from memagent_jax.run.metrics import MetricsWriter, device_peak_flops, mfu, model_flops_per_token
-from memagent_jax.model import sharding
 from memagent_jax.model.transformer import Transformer
-from memagent_jax.run.progress import progress_bar
-from memagent_jax.run.settings import RunSettings, copy_settings, run_settings
+from memagent_jax.parallel import collectives
 from memagent_jax.rl.copy_warmup import CopyBatches
 from memagent_jax.rl.policy import Policy
 from memagent_jax.rl.retrieval_warmup import retrieval_batch
+from memagent_jax.rl.rollout_layout import RolloutLayout
 from memagent_jax.rl.sft import end_of_turn_id
 from memagent_jax.rl.trainer import GRPOTrainer, SFTTrainer, batches_from
-from memagent_jax.rl.rollout_layout import RolloutLayout
+from memagent_jax.run import configuration
 from memagent_jax.run.budget_check import check_run_budget
 from memagent_jax.run.builders import build_mesh, build_model, build_tokenizer
+from memagent_jax.run.checkpoint import Checkpointer
+from memagent_jax.run.metrics import MetricsWriter, device_peak_flops, mfu, model_flops_per_token
+from memagent_jax.run.progress import progress_bar
+from memagent_jax.run.settings import RunSettings, copy_settings, run_settings
 from memagent_jax.tokenizer import Tokenizer
 
 PHASES = ("copy", "retrieval", "sft", "rl")
@@ -111,7 +110,8 @@ class TrainingRun:
         self.settings: RunSettings = run_settings(config)  # config errors before anything compiles
         self.workdir = pathlib.Path(config.workdir)
         self.tokenizer = build_tokenizer(config, self.workdir)
-        self.tokenizer_dir = pathlib.Path(config.tokenizer.path) if config.tokenizer.path else self.workdir / "tokenizer"
+        self.tokenizer_dir = (pathlib.Path(config.tokenizer.path) if config.tokenizer.path
+                              else self.workdir / "tokenizer")
         self.prompts = AgentPrompts.build(self.tokenizer)
         try:  # still before any model exists: the prompts' real token lengths against the engine and rows
             check_fits(self.prompts, self.settings.agent, self.settings.engine)
@@ -130,7 +130,8 @@ class TrainingRun:
             print(f"per-device memory budget (GRPO peak):\n{self.budget_table}", flush=True)
         model, self.mesh = build_model(config)
         self.rules = configuration.build_rules(config.sharding)
-        rollout_rules = configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules else self.rules
+        rollout_rules = (configuration.build_rules(config.rollout_sharding) if config.rollout_sharding.rules
+                         else self.rules)
         self.model_config = model.cfg
         self.graphdef, self.params = nnx.split(model)
         # The engine keeps its own copy of the weights in the rollout layout and the compute dtype (with N
@@ -183,8 +184,11 @@ class TrainingRun:
         skipped = source.metrics() if source is not None else {}  # records the readers left out, by reason
         rng = jax.random.key(self.config.seed * 1000 + _PHASE_SEED[phase])
         start = 0
-        state = lambda: {"params": policy.params, "opt_state": policy.opt_state,
-                         **({"reference": policy.reference} if policy.reference is not None else {})}
+
+        def state() -> dict:
+            return {"params": policy.params, "opt_state": policy.opt_state,
+                    **({"reference": policy.reference} if policy.reference is not None else {})}
+
         if checkpointer.latest_step() is not None:
             restored = checkpointer.restore(state())
             policy.params, policy.opt_state = restored.state["params"], restored.state["opt_state"]
