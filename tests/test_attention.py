@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from memagent_jax import compat
 from memagent_jax.engine import attention
 from memagent_jax.engine.attention_pallas_gpu import paged_decode_attention_pallas_gpu
 from memagent_jax.engine.attention_tpu import paged_decode_attention_tpu
@@ -174,13 +175,15 @@ def test_pallas_gpu_rejects_shapes_triton_cannot_tile():
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_pallas_gpu_lowers_to_triton_without_a_gpu(dtype):
-    """Lowering for CUDA runs the Pallas->Triton IR translation in Python: every construct has a Triton rule."""
+    """Lowering for CUDA runs the Pallas->Triton IR translation in Python: every construct has a Triton rule.
+    jax >= 0.11 needs a target GPU for that, which compat.gpu_lowering_target supplies as an abstract H100."""
     q = jax.ShapeDtypeStruct((2, 8, 64), dtype)
     pages = jax.ShapeDtypeStruct((2, 9, 16, 64), dtype)
     table = jax.ShapeDtypeStruct((2, 5), jnp.int32)
     lengths = jax.ShapeDtypeStruct((2,), jnp.int32)
-    lowered = jax.jit(paged_decode_attention_pallas_gpu).trace(q, pages, pages, table, lengths).lower(
-        lowering_platforms=("cuda",))
+    with compat.gpu_lowering_target():
+        lowered = jax.jit(paged_decode_attention_pallas_gpu).trace(q, pages, pages, table, lengths).lower(
+            lowering_platforms=("cuda",))
     assert "xla.gpu.triton" in lowered.as_text()
 
 

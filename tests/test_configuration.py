@@ -120,10 +120,11 @@ def _hf_checkpoint_folder(folder: pathlib.Path) -> None:
     """A tiny Qwen2 checkpoint in HF format, with a BPE tokenizer.json and a ChatML template."""
     import json
 
-    import torch
-    import transformers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+    from reference_libraries import torch_and_transformers
+
+    torch, transformers = torch_and_transformers()
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -144,7 +145,9 @@ def _hf_checkpoint_folder(folder: pathlib.Path) -> None:
 
 
 def test_demo_command_on_an_hf_checkpoint_matches_transformers(tmp_path):
-    import torch
+    from reference_libraries import torch_and_transformers
+
+    torch, _ = torch_and_transformers()
 
     from memagent_jax.tokenizer import load_tokenizer
 

@@ -226,10 +226,10 @@ def test_each_file_gets_its_papers_headline_metric(tmp_path):
 def test_a_checkpoint_written_by_transformers_with_its_own_chat_template(tmp_path):
     """Any HF folder: weights saved by transformers, a byte-level BPE tokenizer.json and a chat template with a
     system turn (in chat_template.jinja, where transformers 5 saves it); the prompts go through that template."""
-    import torch
-    import transformers
-
     from fixture_data import tiny_bpe_tokenizer
+    from reference_libraries import torch_and_transformers
+
+    torch, transformers = torch_and_transformers()
 
     folder = tmp_path / "hf"
     tokenizer = tiny_bpe_tokenizer(folder)

@@ -9,8 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
@@ -18,6 +16,9 @@ from fixture_model import describe_shardings, padding_to_segments
 from memagent_jax.model import hf
 from memagent_jax.model.hf import CheckpointError, load_hf_checkpoint, save_hf_checkpoint
 from memagent_jax.model.sharding import DEFAULT_RULES, logical_to_spec, make_mesh
+from reference_libraries import torch_and_transformers
+
+torch, transformers = torch_and_transformers()
 
 VOCAB = 320  # divisible by 8, so the vocabulary really is split on an 8-way tensor axis
 TOL = 1e-4
