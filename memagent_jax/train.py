@@ -11,6 +11,7 @@ the process's place from the environment (JAX_* variables, SLURM, TPU pod).
 from __future__ import annotations
 
 import logging as std_logging
+import sys
 import time
 
 from absl import logging
@@ -41,9 +42,15 @@ def main(argv: list[str]) -> None:
             logging.set_verbosity(logging.WARNING)
     from memagent_jax.run.training import TrainingRun
 
+    from memagent_jax.run.preemption import EXIT_CODE, Preempted
+
     started = time.perf_counter()
     run = TrainingRun(_CONFIG.value)
-    exported = run.run()
+    try:
+        exported = run.run()
+    except Preempted as stopped:
+        print(stopped, flush=True)  # every process: each log says why it stopped
+        sys.exit(EXIT_CODE)
     logging.info("exported %s", exported)
     if run.is_main:
         print(f"trained in {time.perf_counter() - started:.0f}s; checkpoint for memagent-answer: {exported}")
