@@ -331,6 +331,7 @@ class Checkpointer:
         self._manager: ocp.CheckpointManager | None = None
         self._writable = False
         self._closed = False
+        self._pending_step: int | None = None  # an asynchronous save that may still be writing
 
     # -- orbax manager ------------------------------------------------------------------------------
 
@@ -432,7 +433,7 @@ class Checkpointer:
         if stored:
             items["state"] = ocp.args.StandardSave(_nest(stored))
 
-        manager = self._open(write=True)
+        manager = self._write(step, lambda: self._open(write=True))  # creates the folder, cleans old tmp ones
         if step in manager.all_steps():  # includes a save of this step still in flight
             log.info("checkpoint step %d already exists in %s; not saving it again", step, self.directory)
             return False
@@ -441,13 +442,32 @@ class Checkpointer:
             raise CheckpointError(
                 f"cannot save step {step} in {self.directory}: it already holds the later step {latest}"
             )
-        saved = manager.save(step, args=ocp.args.Composite(**items), force=True)
+        # Orbax waits for the previous async save here: its failure surfaces now, named as that step's.
+        self._write(self._pending_step, lambda: manager.wait_until_finished())
+        saved = self._write(step, lambda: manager.save(step, args=ocp.args.Composite(**items), force=True))
+        self._pending_step = step
         return bool(saved)
 
+    def _write(self, step: int | None, write: Any) -> Any:
+        """Runs one Orbax write; a failure (disk full, read-only or unwritable folder) becomes one clear
+        CheckpointError. The step being written stays a hidden tmp folder, so the committed ones are untouched."""
+        try:
+            return write()
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - TensorStore reports ENOSPC as ValueError("RESOURCE_EXHAUSTED...")
+            self._pending_step = None
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            latest = self.latest_step()
+            kept = f"the last committed step, {latest}, is untouched" if latest is not None else "no step is committed"
+            raise CheckpointError(f"cannot write checkpoint step {step} in {self.directory} (disk full or not "
+                                  f"writable?): {first}; {kept}") from e
+
     def wait(self) -> None:
-        """Blocks until every pending save has been written and committed (re-raising its error)."""
+        """Blocks until every pending save has been written and committed (a failure: CheckpointError)."""
         if self._manager is not None:
-            self._manager.wait_until_finished()
+            self._write(self._pending_step, self._manager.wait_until_finished)
+        self._pending_step = None
 
     # -- restore ------------------------------------------------------------------------------------
 
