@@ -29,7 +29,7 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "tiny_run_config.py"
-STEPS = {"copy": 4, "retrieval": 4, "sft": 6, "rl": 4}
+STEPS = {"copy": 4, "retrieval": 4, "sft": 8, "rl": 6}
 KINDS = ("startup", "step", "step", "save", "save", "export")  # drawn uniformly: steps and saves twice as often
 POLL_S = 0.002
 
@@ -58,14 +58,26 @@ def metrics_lines(workdir: pathlib.Path) -> int:
     return path.read_text().count("\n") if path.exists() else 0
 
 
-def save_in_flight(workdir: pathlib.Path) -> str | None:
-    for folder in (workdir / "checkpoints").glob("*/*.orbax-checkpoint-tmp*"):
+def _new(paths: Any, since: float) -> list[pathlib.Path]:
+    """Those made since `since` (a killed attempt leaves its own behind until the next save or export)."""
+    fresh = []
+    for path in paths:
+        try:
+            if path.stat().st_mtime >= since:
+                fresh.append(path)
+        except FileNotFoundError:  # committed or renamed meanwhile
+            pass
+    return fresh
+
+
+def save_in_flight(workdir: pathlib.Path, since: float) -> str | None:
+    for folder in _new((workdir / "checkpoints").glob("*/*.orbax-checkpoint-tmp*"), since):
         return f"save of {folder.parent.name} step {folder.name.split('.')[0]} in flight"
     return None
 
 
-def export_in_flight(workdir: pathlib.Path) -> str | None:
-    for folder in workdir.glob(".export*"):
+def export_in_flight(workdir: pathlib.Path, since: float) -> str | None:
+    for folder in _new(workdir.glob(".export*"), since):
         return f"writing {folder.name}"
     return None
 
@@ -83,8 +95,9 @@ def state_of(workdir: pathlib.Path) -> str:
                 last = f"{phase} step {record['step']} logged"
             except (json.JSONDecodeError, StopIteration):
                 last = "last metrics line cut short"
-    committed = [f"{p.parent.name} {p.name}" for p in sorted((workdir / "checkpoints").glob("*/[0-9]*"))
-                 if p.name.isdigit() and (p / "commit_success.txt").exists()]
+    committed = [f"{phase} {step}" for phase in STEPS for step in sorted(
+        int(p.name) for p in (workdir / "checkpoints" / phase).glob("[0-9]*")
+        if p.name.isdigit() and (p / "commit_success.txt").exists())]
     return f"{last}; checkpoints up to {committed[-1] if committed else 'none'}"
 
 
@@ -99,7 +112,7 @@ def kill_once(command: list[str], workdir: pathlib.Path, log: pathlib.Path, kind
               rng: random.Random | None, startup_s: float) -> Kill | None:
     """Starts the run and kills it at a moment of `kind` (rng: None for kinds that wait for an event); None
     when it finished first."""
-    started = time.monotonic()
+    started, since = time.monotonic(), time.time()
     process = start(command, log)
     lines = metrics_lines(workdir)
     offset = 0.0 if rng is None else rng.uniform(0.2, startup_s) if kind == "startup" else rng.uniform(0.0, 2.0)
@@ -115,9 +128,9 @@ def kill_once(command: list[str], workdir: pathlib.Path, log: pathlib.Path, kind
             if seen_line_at is not None and now - seen_line_at >= offset:
                 moment = "between/inside steps"
         elif kind == "save":
-            moment = save_in_flight(workdir)
+            moment = save_in_flight(workdir, since)
         elif kind == "export":
-            moment = export_in_flight(workdir)
+            moment = export_in_flight(workdir, since)
         if moment is not None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()

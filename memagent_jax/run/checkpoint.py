@@ -85,6 +85,12 @@ class DamagedCheckpoint(CheckpointError):
 _READ_ERRORS = (ValueError, KeyError, OSError)
 
 
+def _short(error: BaseException) -> str:
+    """The first line of a (TensorStore: very long) error; its end is kept, as it names the OS error."""
+    line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return line if len(line) <= 400 else f"{line[:200]} ... {line[-200:]}"
+
+
 def _is_read_error(error: BaseException) -> bool:
     seen = set()
     while error is not None and id(error) not in seen:
@@ -457,7 +463,7 @@ class Checkpointer:
             raise
         except Exception as e:  # noqa: BLE001 - TensorStore reports ENOSPC as ValueError("RESOURCE_EXHAUSTED...")
             self._pending_step = None
-            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            first = _short(e)
             latest = self.latest_step()
             kept = f"the last committed step, {latest}, is untouched" if latest is not None else "no step is committed"
             raise CheckpointError(f"cannot write checkpoint step {step} in {self.directory} (disk full or not "
@@ -547,7 +553,7 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001 - sorted by its cause below; the cause is kept
             kind = DamagedCheckpoint if _is_read_error(e) else CheckpointError
             raise kind(f"cannot read the {what} of checkpoint step {step} in {self.directory}: "
-                       f"{str(e).splitlines()[0][:300] if str(e) else type(e).__name__}") from e
+                       f"{_short(e)}") from e
 
     def _restore_step(self, target: Any, step: int) -> Restored:
         manager = self._open(write=False)
