@@ -8,7 +8,7 @@ byte for byte, and metrics.jsonl line for line (each (phase, step) exactly once;
 
 Kill moments, drawn per restart:
 * startup: a random offset into the process's start (imports, compiling, restoring);
-* step: a random offset (0-2 s) after the restarted run wrote its first new metrics line;
+* step: a random offset (0-1 s) after the restarted run wrote its first new metrics line;
 * save: the moment an asynchronous checkpoint save is seen in flight (an Orbax *.orbax-checkpoint-tmp* folder);
 * export: the moment an export is seen being written (its hidden staging folder), while exports remain.
 """
@@ -29,7 +29,7 @@ from typing import Any
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "tests" / "tiny_run_config.py"
-STEPS = {"copy": 4, "retrieval": 4, "sft": 8, "rl": 6}
+STEPS = {"copy": 4, "retrieval": 4, "sft": 12, "rl": 8}
 KINDS = ("startup", "step", "step", "save", "save", "export")  # drawn uniformly: steps and saves twice as often
 POLL_S = 0.002
 
@@ -115,7 +115,7 @@ def kill_once(command: list[str], workdir: pathlib.Path, log: pathlib.Path, kind
     started, since = time.monotonic(), time.time()
     process = start(command, log)
     lines = metrics_lines(workdir)
-    offset = 0.0 if rng is None else rng.uniform(0.2, startup_s) if kind == "startup" else rng.uniform(0.0, 2.0)
+    offset = 0.0 if rng is None else rng.uniform(0.2, startup_s) if kind == "startup" else rng.uniform(0.0, 1.0)
     seen_line_at = None
     while process.poll() is None:
         now = time.monotonic()
