@@ -11,6 +11,7 @@ the process's place from the environment (JAX_* variables, SLURM, TPU pod).
 from __future__ import annotations
 
 import logging as std_logging
+import sys
 import time
 
 from absl import logging
@@ -39,11 +40,16 @@ def main(argv: list[str]) -> None:
         logging.info("joined %s", cluster.describe())
         if jax.process_index() != 0:  # process 0 logs the run; the others only warnings and errors
             logging.set_verbosity(logging.WARNING)
+    from memagent_jax.run.preemption import EXIT_CODE, Preempted
     from memagent_jax.run.training import TrainingRun
 
     started = time.perf_counter()
     run = TrainingRun(_CONFIG.value)
-    exported = run.run()
+    try:
+        exported = run.run()
+    except Preempted as stopped:
+        print(stopped, flush=True)  # every process: each log says why it stopped
+        sys.exit(EXIT_CODE)
     logging.info("exported %s", exported)
     if run.is_main:
         print(f"trained in {time.perf_counter() - started:.0f}s; checkpoint for memagent-answer: {exported}")

@@ -1,8 +1,11 @@
 """Checkpointer: exact round trips, save cadence and retention, async saves, resharding on restore,
 uncommitted directories ignored, and clear errors."""
 
+import glob
+import logging
 import os
 import shutil
+import subprocess
 
 import grain
 import jax
@@ -310,3 +313,113 @@ def test_unsavable_values_fail_before_writing(tmp_path):
         with pytest.raises(CheckpointError, match="state 'name': cannot checkpoint a leaf of type str"):
             ckpt.save(1, {"w": jnp.ones(2), "name": "x"}, rng=jax.random.PRNGKey(0), data_state=None, config={})
         assert ckpt.all_steps() == [] and os.listdir(tmp_path) == []
+
+
+# -- damaged checkpoints and failed writes -------------------------------------------------------------------
+
+def _two_steps(directory):
+    state = {"w": jnp.arange(1000.0), "b": jnp.ones(3)}
+    with Checkpointer(directory, keep=3, async_save=True) as ckpt:
+        for step in (1, 2):
+            scaled = jax.tree.map(lambda x, step=step: x * step, state)
+            ckpt.save(step, scaled, rng=jax.random.key(step), data_state={"at": step}, config={})
+    return state
+
+
+def _largest_chunk(step_dir):
+    return max(glob.glob(str(step_dir / "state" / "**" / "d" / "*"), recursive=True), key=os.path.getsize)
+
+
+def _truncate_chunk(step_dir):
+    with open(_largest_chunk(step_dir), "r+b") as file:
+        file.truncate(50)
+
+
+def _flip_bytes(step_dir):
+    path = _largest_chunk(step_dir)
+    data = bytearray(open(path, "rb").read())
+    data[200] ^= 0xFF  # an uncompressed float: Orbax reads it back without complaint
+    open(path, "wb").write(bytes(data))
+
+
+def _cut_json(step_dir):
+    path = step_dir / "manifest" / "metadata"
+    path.write_text(path.read_text()[:40])
+
+
+@pytest.mark.parametrize("damage", [_truncate_chunk, _flip_bytes, _cut_json,
+                                    lambda d: shutil.rmtree(d / "state"),
+                                    lambda d: os.remove(d / "state" / "manifest.ocdbt")],
+                         ids=["truncated-chunk", "flipped-bytes", "cut-json", "missing-item", "missing-index"])
+def test_a_damaged_latest_step_is_named_set_aside_and_the_previous_one_restored(tmp_path, caplog, damage):
+    state = _two_steps(tmp_path / "ck")
+    damage(tmp_path / "ck" / "2")
+    with caplog.at_level(logging.WARNING), Checkpointer(tmp_path / "ck") as ckpt:
+        restored = ckpt.restore(state)
+        assert restored.step == 1 and restored.data_state == {"at": 1}
+        np.testing.assert_array_equal(restored.state["w"], np.arange(1000.0))
+        assert ckpt.all_steps() == [1]  # set aside: the resumed run can save step 2 again
+    assert f"checkpoint step 2 in {tmp_path / 'ck' / '2'} is damaged" in caplog.text
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["1", "2.damaged"]
+    with Checkpointer(tmp_path / "ck") as ckpt:
+        ckpt.save(2, state, rng=jax.random.key(0), data_state=None, config={})
+    assert Checkpointer(tmp_path / "ck").restore(state).step == 2
+
+
+def test_no_intact_step_is_one_error_naming_each(tmp_path):
+    state = _two_steps(tmp_path / "ck")
+    for step in ("1", "2"):
+        _truncate_chunk(tmp_path / "ck" / step)
+    with pytest.raises(CheckpointError, match=r"no intact checkpoint in .*ck: step 2: .*; step 1: .*Delete the folder"):
+        Checkpointer(tmp_path / "ck").restore(state)
+
+
+def test_a_mismatched_target_is_an_error_not_damage(tmp_path):
+    _two_steps(tmp_path / "ck")
+    with pytest.raises(CheckpointError, match="does not match checkpoint step 2"):
+        Checkpointer(tmp_path / "ck").restore({"w": jnp.zeros(5), "b": jnp.ones(3)})
+
+
+def test_a_save_killed_before_its_commit_is_not_listed(tmp_path):
+    state = _two_steps(tmp_path / "ck")
+    (tmp_path / "ck" / "3.orbax-checkpoint-tmp").mkdir()  # what SIGKILL during a save leaves
+    with Checkpointer(tmp_path / "ck") as ckpt:
+        assert ckpt.all_steps() == [1, 2] and ckpt.restore(state).step == 2
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 1 MiB tmpfs (needs root to mount; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (not root)")
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("async_save", [True, False])
+def test_a_full_disk_is_one_clear_error_and_the_last_step_stays(tiny_disk, async_save):
+    small = {"w": jnp.ones(10)}
+    ckpt = Checkpointer(tiny_disk / "ck", async_save=async_save)
+    ckpt.save(1, small, rng=jax.random.key(0), data_state=None, config={})
+    big = {"w": jax.random.normal(jax.random.key(1), (1_000_000,))}  # 4 MB of incompressible floats
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint step 2 in .*\(disk full or not writable\?\).*"
+                                               r"No space left on device.*the last committed step, 1, is untouched"):
+        ckpt.save(2, big, rng=jax.random.key(0), data_state=None, config={})
+        ckpt.wait()
+    ckpt.close()
+    assert Checkpointer(tiny_disk / "ck").restore(small).step == 1
+
+
+def test_a_read_only_disk_is_one_clear_error(tiny_disk):
+    small = {"w": jnp.ones(10)}
+    with Checkpointer(tiny_disk / "ck", async_save=False) as ckpt:
+        ckpt.save(1, small, rng=jax.random.key(0), data_state=None, config={})
+    subprocess.run(["mount", "-o", "remount,ro", str(tiny_disk)], check=True)
+    ckpt = Checkpointer(tiny_disk / "ck", async_save=True)
+    with pytest.raises(CheckpointError, match=r"cannot write checkpoint step 2 .*(Read-only|READ_ONLY|read-only).*"
+                                               r"step, 1, is untouched"):
+        ckpt.save(2, small, rng=jax.random.key(0), data_state=None, config={})
+        ckpt.wait()
+    assert Checkpointer(tiny_disk / "ck").restore(small).step == 1

@@ -217,3 +217,20 @@ def test_device_peak_flops():
     assert device_peak_flops(fake("Tesla T4")) is None
     assert device_peak_flops(fake("TPU v50", "tpu")) is None  # whole words only
     assert PEAK_FLOPS["H100"] == 989e12 and PEAK_FLOPS["TPU v6 lite"] == 918e12
+
+
+def test_discard_after_drops_one_phases_later_steps_and_a_cut_last_line(tmp_path):
+    from memagent_jax.run.metrics import MetricsWriter, read_jsonl
+
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:
+        for step in (1, 2, 3):
+            writer.write(step, {"copy/nll": float(step)})
+        for step in (1, 2, 3):
+            writer.write(step, {"sft/nll": 10.0 + step})
+    with open(tmp_path / "metrics.jsonl", "a") as file:
+        file.write('{"step": 4, "sft/nll"')  # a kill in the middle of a write
+    with MetricsWriter(tmp_path, tensorboard=False) as writer:
+        assert writer.discard_after("sft", 1) == 3  # steps 2 and 3, and the cut line
+        writer.write(2, {"sft/nll": 12.0})
+    rows = [(row["step"], next(k for k in row if "/" in k)) for row in read_jsonl(tmp_path)]
+    assert rows == [(1, "copy/nll"), (2, "copy/nll"), (3, "copy/nll"), (1, "sft/nll"), (2, "sft/nll")]

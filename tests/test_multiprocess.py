@@ -2,11 +2,14 @@
 process with four devices: copy and retrieval warm-ups, SFT steps (stopped and resumed) and a GRPO step,
 through the real CLI."""
 
+import json
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -92,3 +95,52 @@ def test_two_processes_train_like_one(tmp_path, sp_tokenizer_dir):
     main_log, other_log = ((tmp_path / f"two-{rank}.log").read_text() for rank in (0, 1))
     assert "sft: resumed at step 1" in main_log and "per-device memory budget" in main_log
     assert "resumed" not in other_log and "per-device memory budget" not in other_log
+
+
+def _start_pair(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, extra: tuple[str, ...]) -> list:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "SLURM_", "TPU_"))}
+    env.update(XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
+               MEMAGENT_HEARTBEAT_TIMEOUT_S="10", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
+               JAX_NUM_PROCESSES="2")
+    command = [sys.executable, "-m", "memagent_jax.train", f"--config={CONFIG}", f"--config.workdir={workdir}",
+               f"--config.tokenizer.path={tokenizer_dir}", *extra]
+    return [subprocess.Popen(command, env={**env, "JAX_PROCESS_ID": str(rank)}, cwd=ROOT,
+                             stdout=open(workdir.parent / f"{workdir.name}-{rank}.log", "a"), stderr=subprocess.STDOUT)
+            for rank in (0, 1)]
+
+
+def _wait_for_step(workdir: pathlib.Path, step: int) -> None:
+    path = workdir / "metrics" / "metrics.jsonl"
+    while not (path.exists() and f'"step": {step},' in path.read_text()):
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_sigterm_to_one_process_stops_both_and_a_dead_process_stops_the_other(tmp_path, sp_tokenizer_dir):
+    """SIGTERM reaches process 1 only: both agree to stop after the same step (exit 75); then process 1 is
+    killed (SIGKILL): process 0 stops within the heartbeat timeout (10 s here) instead of hanging in a
+    collective; the rerun resumes and each step is logged once."""
+    workdir = tmp_path / "run"
+    extra = ("--config.sft.steps=6", "--config.sft.batch_size=4", "--config.sft.mini_batch_size=2",
+             "--config.rl.steps=0")
+    pair = _start_pair(workdir, sp_tokenizer_dir, extra)
+    _wait_for_step(workdir, 2)
+    pair[1].send_signal(signal.SIGTERM)
+    assert [p.wait(timeout=120) for p in pair] == [75, 75]
+    logs = [(tmp_path / f"run-{rank}.log").read_text() for rank in (0, 1)]
+    stops = [line for log in logs for line in log.splitlines() if line.startswith("preempted by")]
+    assert len(stops) == 2 and stops[0].split(" at ")[1] == stops[1].split(" at ")[1], stops
+
+    pair = _start_pair(workdir, sp_tokenizer_dir, extra)
+    stopped_at = stops[0].split("sft step ")[1].split(":")[0]
+    _wait_for_step(workdir, int(stopped_at) + 1)
+    pair[1].kill()
+    killed = time.monotonic()
+    assert pair[0].wait(timeout=120) != 0
+    assert time.monotonic() - killed < 60
+    assert "another task died" in (tmp_path / "run-0.log").read_text()
+
+    pair = _start_pair(workdir, sp_tokenizer_dir, extra)
+    assert [p.wait(timeout=300) for p in pair] == [0, 0]
+    steps = [json.loads(line)["step"] for line in (workdir / "metrics" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

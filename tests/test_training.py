@@ -158,3 +158,20 @@ def test_the_run_evaluates_its_exports_on_config_eval_data(tmp_path, tokenizer_d
     config.eval.update(enabled=True, data=(str(tmp_path / "nope_*.jsonl"),))
     with pytest.raises(ConfigError, match=r"config.eval.data: --data '.*nope_\*.jsonl' matches no file"):
         TrainingRun(config)
+
+
+def test_an_export_appears_whole_and_a_failed_one_leaves_the_old_folder(tmp_path, tiny_eval_checkpoints):
+    from memagent_jax.model.hf import load_hf_checkpoint
+    from memagent_jax.run.training import export_model
+
+    model, _ = load_hf_checkpoint(tiny_eval_checkpoints[0])
+    tokenizer_dir = tiny_eval_checkpoints[0]
+    (tmp_path / ".export.staging").mkdir()  # what a kill during an export leaves
+    (tmp_path / ".export.staging.tmp-abc").mkdir()
+    export_model(model, tokenizer_dir, tmp_path / "export")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    before = {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()}
+    assert "tokenizer.model" in before and "config.json" in before
+    with pytest.raises(FileNotFoundError):  # fails after the weights, while adding the tokenizer
+        export_model(model, tmp_path / "no-tokenizer", tmp_path / "export")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()} == before

@@ -534,14 +534,14 @@ def save_hf_checkpoint(
                      "weight_map": {n: file for file, shard in zip(files, shards) for n in shard}}
             _write_fsync(tmp / INDEX_FILE, json.dumps(index, indent=2).encode())
         _write_fsync(tmp / CONFIG_FILE, json.dumps(hf_config, indent=2).encode())
-        _replace_dir(tmp, target)
+        replace_folder(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
 
 
-def _replace_dir(tmp: Path, target: Path) -> None:
+def replace_folder(tmp: Path, target: Path) -> None:
     """Renames the finished folder into place; an old folder is moved aside first and removed last."""
     if target.exists() and any(target.iterdir()):
         old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")

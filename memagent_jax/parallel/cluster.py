@@ -12,6 +12,10 @@
 
 `initialize` must run before anything touches the devices. On CPU it selects gloo collectives, so two
 local processes can train together (the tests do).
+
+A process that dies (killed, out of memory, a lost host) stops the others: the coordination service misses
+its heartbeats for ``MEMAGENT_HEARTBEAT_TIMEOUT_S`` seconds (default 60; JAX's own default is 100) and ends
+every other process with an error, so no process waits in a collective forever. Rerun the command to resume.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from typing import Mapping
 import jax
 
 DEFAULT_PORT = 8476
+DEFAULT_HEARTBEAT_TIMEOUT_S = 60
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +111,17 @@ def cluster_from_env(env: Mapping[str, str] | None = None) -> Cluster:
 _initialized: Cluster | None = None
 
 
+def heartbeat_timeout_s(env: Mapping[str, str] | None = None) -> int:
+    """Seconds without a heartbeat after which a process counts as dead (MEMAGENT_HEARTBEAT_TIMEOUT_S)."""
+    env = os.environ if env is None else env
+    if "MEMAGENT_HEARTBEAT_TIMEOUT_S" not in env:
+        return DEFAULT_HEARTBEAT_TIMEOUT_S
+    seconds = _int(env, "MEMAGENT_HEARTBEAT_TIMEOUT_S")
+    if seconds < 1:
+        raise ValueError(f"MEMAGENT_HEARTBEAT_TIMEOUT_S must be at least 1 second, got {seconds}")
+    return seconds
+
+
 def initialize(cluster: Cluster | None = None) -> Cluster:
     """Joins the run described by `cluster` (default: the environment's); idempotent."""
     global _initialized
@@ -116,10 +132,12 @@ def initialize(cluster: Cluster | None = None) -> Cluster:
     # CPU devices exchange through gloo (the default CPU client has no cross-process collectives); GPU and
     # TPU collectives are unaffected by this setting.
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    heartbeat = heartbeat_timeout_s()
     if cluster.kind == "tpu":
-        jax.distributed.initialize()
+        jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat)
     else:
         jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes, cluster.process_id,
-                                   list(cluster.local_device_ids) if cluster.local_device_ids is not None else None)
+                                   list(cluster.local_device_ids) if cluster.local_device_ids is not None else None,
+                                   heartbeat_timeout_seconds=heartbeat)
     _initialized = cluster
     return cluster

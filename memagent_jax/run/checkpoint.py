@@ -58,7 +58,9 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec, SingleDeviceSharding
 
-__all__ = ["CheckpointError", "Checkpointer", "Restored", "abstract_like"]
+from memagent_jax.run.fingerprint import fingerprints
+
+__all__ = ["CheckpointError", "Checkpointer", "DamagedCheckpoint", "Restored", "abstract_like"]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +73,32 @@ _MAX_LISTED = 8  # differences named in a structure-mismatch error
 
 class CheckpointError(Exception):
     """No usable checkpoint, a target that does not match the checkpoint, or an unsavable value."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A committed step whose files cannot be read back as written (truncated, missing or corrupted)."""
+
+
+# What a damaged step raises from inside Orbax: TensorStore's read errors are ValueErrors ("OUT_OF_RANGE:
+# ...", "NOT_FOUND: ...", sometimes wrapped in a bare Exception by Orbax), a truncated JSON item a
+# JSONDecodeError (a ValueError), a missing item a KeyError, an unreadable file an OSError.
+_READ_ERRORS = (ValueError, KeyError, OSError)
+
+
+def _short(error: BaseException) -> str:
+    """The first line of a (TensorStore: very long) error; its end is kept, as it names the OS error."""
+    line = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return line if len(line) <= 400 else f"{line[:200]} ... {line[-200:]}"
+
+
+def _is_read_error(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, _READ_ERRORS):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
 
 
 @dataclasses.dataclass
@@ -309,6 +337,7 @@ class Checkpointer:
         self._manager: ocp.CheckpointManager | None = None
         self._writable = False
         self._closed = False
+        self._pending_step: int | None = None  # an asynchronous save that may still be writing
 
     # -- orbax manager ------------------------------------------------------------------------------
 
@@ -395,6 +424,10 @@ class Checkpointer:
         if not isinstance(rng, (jax.Array, np.ndarray)):
             raise CheckpointError(f"rng must be a jax PRNG key array, got {type(rng).__name__}")
         rng_value, rng_entry = _stored_leaf(rng, "rng")
+        # Each array's bits, to tell a corrupted file from a good one on restore (Orbax does not check them).
+        *state_prints, rng_entry["fingerprint"] = fingerprints([value for _, value in stored] + [rng_value])
+        for entry, print_ in zip(manifest_state, state_prints):
+            entry["fingerprint"] = print_
         manifest = {"format": FORMAT_VERSION, "step": step, "state": manifest_state, "rng": rng_entry}
         items: dict[str, Any] = {
             "rng": ocp.args.StandardSave({"key": rng_value}),
@@ -406,7 +439,7 @@ class Checkpointer:
         if stored:
             items["state"] = ocp.args.StandardSave(_nest(stored))
 
-        manager = self._open(write=True)
+        manager = self._write(step, lambda: self._open(write=True))  # creates the folder, cleans old tmp ones
         if step in manager.all_steps():  # includes a save of this step still in flight
             log.info("checkpoint step %d already exists in %s; not saving it again", step, self.directory)
             return False
@@ -415,18 +448,43 @@ class Checkpointer:
             raise CheckpointError(
                 f"cannot save step {step} in {self.directory}: it already holds the later step {latest}"
             )
-        saved = manager.save(step, args=ocp.args.Composite(**items), force=True)
+        # Orbax waits for the previous async save here: its failure surfaces now, named as that step's.
+        self._write(self._pending_step, lambda: manager.wait_until_finished())
+        saved = self._write(step, lambda: manager.save(step, args=ocp.args.Composite(**items), force=True))
+        self._pending_step = step
         return bool(saved)
 
+    def _write(self, step: int | None, write: Any) -> Any:
+        """Runs one Orbax write; a failure (disk full, read-only or unwritable folder) becomes one clear
+        CheckpointError. The step being written stays a hidden tmp folder, so the committed ones are untouched."""
+        try:
+            return write()
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - TensorStore reports ENOSPC as ValueError("RESOURCE_EXHAUSTED...")
+            self._pending_step = None
+            first = _short(e)
+            latest = self.latest_step()
+            kept = f"the last committed step, {latest}, is untouched" if latest is not None else "no step is committed"
+            raise CheckpointError(f"cannot write checkpoint step {step} in {self.directory} (disk full or not "
+                                  f"writable?): {first}; {kept}") from e
+
     def wait(self) -> None:
-        """Blocks until every pending save has been written and committed (re-raising its error)."""
+        """Blocks until every pending save has been written and committed (a failure: CheckpointError)."""
         if self._manager is not None:
-            self._manager.wait_until_finished()
+            self._write(self._pending_step, self._manager.wait_until_finished)
+        self._pending_step = None
 
     # -- restore ------------------------------------------------------------------------------------
 
     def restore(self, target: Any, step: int | None = None) -> Restored:
-        """Restores ``step`` (None: the latest committed one) with arrays placed as in ``target``.
+        """Restores ``step`` (None: the latest committed one that reads back intact) with arrays placed as in
+        ``target``.
+
+        With ``step=None`` a damaged step (a file truncated, missing or with changed bytes: see
+        DamagedCheckpoint) is named in a warning, set aside as ``<step>.damaged`` so that the step can be saved
+        again, and the previous step is tried; CheckpointError when no step is intact. With N processes
+        they agree on the step (one that every process read intact). A named ``step`` that is damaged raises.
 
         ``target`` has the saved state's structure; each leaf is a ``jax.ShapeDtypeStruct`` (its
         ``.sharding`` says where the array goes; without one, the first local device), a jax array
@@ -440,17 +498,67 @@ class Checkpointer:
         if not steps:
             why = "does not exist" if not self.directory.exists() else "holds no committed checkpoint"
             raise CheckpointError(f"no checkpoint to restore: {self.directory} {why}")
-        if step is None:
-            step = steps[-1]
-        elif step not in steps:
-            raise CheckpointError(
-                f"no committed checkpoint for step {step} in {self.directory}; committed steps: {steps}"
-            )
-        manager = self._open(write=False)
+        if step is not None:
+            if step not in steps:
+                raise CheckpointError(
+                    f"no committed checkpoint for step {step} in {self.directory}; committed steps: {steps}"
+                )
+            return self._restore_step(target, step)
+        from memagent_jax.parallel import collectives
+
+        damaged: list[str] = []
+        damaged_steps: list[int] = []
+        for candidate in reversed(steps):
+            try:
+                restored, reason = self._restore_step(target, candidate), None
+            except DamagedCheckpoint as err:
+                restored, reason = None, str(err)
+            if not collectives.agree_any(restored is None):
+                self._set_aside(damaged_steps)
+                return restored
+            reason = reason or "damaged as read by another process"
+            log.warning("checkpoint step %d in %s is damaged, trying the previous step: %s", candidate,
+                        self.directory / str(candidate), reason)
+            damaged.append(f"step {candidate}: {reason}")
+            damaged_steps.append(candidate)
+        raise CheckpointError(f"no intact checkpoint in {self.directory}: " + "; ".join(damaged) +
+                              ". Delete the folder to start this phase again.")
+
+    def _set_aside(self, steps: list[int]) -> None:
+        """Renames damaged step folders out of the listing (process 0, after every process has read past
+        them), so the resumed run can save those steps again."""
+        if jax.process_index() != 0:
+            return
+        for step in steps:
+            folder = self.directory / str(step)
+            aside = self.directory / f"{step}.damaged"
+            number = 1
+            while aside.exists():
+                number += 1
+                aside = self.directory / f"{step}.damaged{number}"
+            try:
+                folder.rename(aside)
+            except OSError as err:
+                log.warning("could not set damaged checkpoint %s aside: %s", folder, err)
+            else:
+                log.warning("damaged checkpoint %s moved to %s", folder, aside)
+        if self._manager is not None:  # its cached listing still names them
+            self._manager.close()
+            self._manager = None
+
+    def _read(self, step: int, what: str, read: Any) -> Any:
+        """Runs one Orbax read of ``step``: read errors become DamagedCheckpoint, anything else CheckpointError."""
         try:
-            meta = manager.restore(step, args=ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in _JSON_ITEMS}))
-        except Exception as e:  # noqa: BLE001 - name the step and directory, keep the cause
-            raise CheckpointError(f"cannot read checkpoint step {step} in {self.directory}: {e}") from e
+            return read()
+        except Exception as e:  # noqa: BLE001 - sorted by its cause below; the cause is kept
+            kind = DamagedCheckpoint if _is_read_error(e) else CheckpointError
+            raise kind(f"cannot read the {what} of checkpoint step {step} in {self.directory}: "
+                       f"{_short(e)}") from e
+
+    def _restore_step(self, target: Any, step: int) -> Restored:
+        manager = self._open(write=False)
+        json_args = ocp.args.Composite(**{n: ocp.args.JsonRestore() for n in _JSON_ITEMS})
+        meta = self._read(step, "JSON items", lambda: manager.restore(step, args=json_args))
         manifest = meta["manifest"]
         if manifest.get("format") != FORMAT_VERSION:
             raise CheckpointError(
@@ -476,10 +584,9 @@ class Checkpointer:
         args: dict[str, Any] = {"rng": ocp.args.StandardRestore({"key": rng_tmpl})}
         if templates:
             args["state"] = ocp.args.StandardRestore(_nest(templates))
-        try:
-            arrays = manager.restore(step, args=ocp.args.Composite(**args))
-        except Exception as e:  # noqa: BLE001
-            raise CheckpointError(f"cannot restore arrays of step {step} from {self.directory}: {e}") from e
+        arrays = self._read(step, "arrays", lambda: manager.restore(step, args=ocp.args.Composite(**args)))
+        restored_arrays = {path: _lookup(arrays["state"], path) for path, _ in leaves}
+        self._check_fingerprints(step, saved, restored_arrays, rng_entry, arrays["rng"]["key"])
 
         out_leaves = [
             _finish_leaf(leaf, _lookup(arrays["state"], path), saved[path], kind)
@@ -497,6 +604,20 @@ class Checkpointer:
             config=_from_json(meta["config"]),
             metadata=_from_json(meta["metadata"]),
         )
+
+    def _check_fingerprints(self, step: int, saved: dict, values: dict[tuple[str, ...], Any], rng_entry: dict,
+                            rng: Any) -> None:
+        if "fingerprint" not in rng_entry:  # written before fingerprints were stored
+            return
+        names = [_name(path) for path in values] + ["rng"]
+        expected = [saved[path]["fingerprint"] for path in values] + [rng_entry["fingerprint"]]
+        got = fingerprints([*values.values(), rng])
+        changed = [name for name, e, g in zip(names, expected, got) if e != g]
+        if changed:
+            raise DamagedCheckpoint(
+                f"checkpoint step {step} in {self.directory}: {len(changed)} arrays read back with other bits "
+                f"than were saved (corrupted files): {', '.join(changed[:_MAX_LISTED])}"
+            )
 
     def _check_structure(self, step: int, saved: dict, expected: dict) -> None:
         missing = sorted(p for p in saved if p not in expected)

@@ -133,6 +133,45 @@ class MetricsWriter:
             summary = Summary(value=[Summary.Value(tag=k, simple_value=v) for k, v in values.items()])
             self._events.add_summary(summary, global_step=step, walltime=now)
 
+    def discard_after(self, prefix: str, step: int) -> int:
+        """Drops the JSONL records of ``prefix/...`` metrics (e.g. one phase's) past ``step``, and a last line a
+        kill cut short; returns how many records went.
+
+        A resumed phase calls it with its restored step: the steps it redoes were written before the kill but
+        not checkpointed, and must appear once. The file is rewritten beside itself and renamed over it, so a
+        kill during the rewrite leaves the old or the new file. TensorBoard events of those steps cannot be
+        taken back: the rerun's event file holds them again (the values are the same ones).
+        """
+        if self._jsonl is None or self.jsonl_path is None:
+            return 0
+        self._jsonl.close()
+        lines = self.jsonl_path.read_text(encoding="utf-8").split("\n")
+        kept, dropped = [], 0
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(lines):  # the unfinished last write of a killed run
+                    dropped += 1
+                    continue
+                raise ValueError(f"{self.jsonl_path}:{number}: not valid JSON") from None
+            ours = any(key.startswith(f"{prefix}/") for key in record)
+            if ours and record["step"] > step:
+                dropped += 1
+            else:
+                kept.append(line + "\n")
+        if dropped:
+            fresh = self.jsonl_path.with_name(f".{JSONL_NAME}.rewrite")
+            with open(fresh, "w", encoding="utf-8") as out:
+                out.writelines(kept)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(fresh, self.jsonl_path)
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+        return dropped
+
     def flush(self) -> None:
         if self._jsonl is not None:
             self._jsonl.flush()

@@ -10,6 +10,7 @@ by process 0 only. The final weights are exported with the tokenizer as an HF ch
 
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 from typing import Any, Callable
@@ -38,6 +39,7 @@ from memagent_jax.run.budget_check import check_run_budget
 from memagent_jax.run.builders import build_mesh, build_model, build_tokenizer
 from memagent_jax.run.checkpoint import Checkpointer
 from memagent_jax.run.metrics import MetricsWriter, device_peak_flops, mfu, model_flops_per_token
+from memagent_jax.run.preemption import Preempted, PreemptionGuard
 from memagent_jax.run.progress import progress_bar
 from memagent_jax.run.settings import RunSettings, copy_settings, run_settings
 from memagent_jax.tokenizer import Tokenizer
@@ -89,16 +91,26 @@ def phase_data(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokeniz
 def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directory: pathlib.Path,
                  agent: AgentConfig | None = None) -> pathlib.Path:
     """HF layout (config.json, safetensors) plus the tokenizer's files and the agent sizes it was trained
-    with: a folder memagent-answer and memagent_jax.evaluate load."""
-    from memagent_jax.model.hf import save_hf_checkpoint
+    with: a folder memagent-answer and memagent_jax.evaluate load.
 
-    save_hf_checkpoint(model, directory, overwrite=True)
+    The whole folder is built beside its place and renamed into it, so a kill leaves the old folder (or
+    none) and some hidden leftovers (.<name>.*), removed by the next export, never a half-written one."""
+    from memagent_jax.model.hf import replace_folder, save_hf_checkpoint
+
+    for leftover in directory.parent.glob(f".{directory.name}.*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    staging = directory.with_name(f".{directory.name}.staging")
+    save_hf_checkpoint(model, staging, overwrite=True)
     if agent is not None:
-        agent.save_sizes(directory)
+        agent.save_sizes(staging)
     if tokenizer_dir is not None:
         for path in tokenizer_dir.iterdir():
             if path.is_file() and path.name != "config.json":
-                shutil.copy2(path, directory / path.name)
+                shutil.copy2(path, staging / path.name)
+    for path in staging.iterdir():  # on disk before the rename makes the folder visible
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())
+    replace_folder(staging, directory)
     return directory
 
 
@@ -144,6 +156,7 @@ class TrainingRun:
         self.engine = Engine(nnx.merge(self.graphdef, self.rollout_layout.place(self.params)), self.settings.engine)
         self.agent = MemoryAgent(self.engine, self.tokenizer, self.settings.agent, self.prompts)
         self.is_main = jax.process_index() == 0
+        self.guard = PreemptionGuard()  # its signal handlers are installed while run() runs
         self.writer = MetricsWriter(self.workdir / "metrics", enabled=self.is_main,
                                     tensorboard=config.metrics.tensorboard, jsonl=config.metrics.jsonl)
 
@@ -190,13 +203,15 @@ class TrainingRun:
                     **({"reference": policy.reference} if policy.reference is not None else {})}
 
         if checkpointer.latest_step() is not None:
-            restored = checkpointer.restore(state())
+            restored = checkpointer.restore(state())  # the latest intact step (damaged ones are named)
             policy.params, policy.opt_state = restored.state["params"], restored.state["opt_state"]
             if policy.reference is not None:
                 policy.reference = restored.state["reference"]
             data.set_state(restored.data_state)
             rng, start = restored.rng, restored.step
             logging.info("%s: resumed at step %d from %s", phase, start, checkpointer.directory)
+        # Steps written before a kill but never checkpointed are about to be redone: their lines go.
+        self.writer.discard_after(phase, start)
         if start >= section.steps:
             self.params = policy.params
             checkpointer.close()
@@ -217,9 +232,15 @@ class TrainingRun:
             shown = {k: metrics[k] for k in ("nll", "reward_mean", "accuracy", "loss") if k in metrics}
             progress.set_postfix(shown, refresh=False)
             progress.update(1)
+            stop = self.guard.should_stop()  # every process, every step: they stop after the same step
             checkpointer.save(step + 1, state(), rng=rng, data_state=data.get_state(),
                               config=self.config.to_dict(), metadata={"phase": phase},
-                              force=step + 1 == section.steps)
+                              force=step + 1 == section.steps or stop)
+            if stop:
+                progress.close()
+                checkpointer.close()  # waits until this step (and any earlier async save) is committed
+                self.writer.flush()
+                raise Preempted(f"{phase} step {step + 1}", self.guard.received)
         progress.close()
         checkpointer.close()
         self.params = policy.params
@@ -316,12 +337,17 @@ class TrainingRun:
                                 enabled=self.config.metrics.progress)
 
         def cell_done(name: str, cell: dict[str, Any]) -> None:
+            if self.guard.requested_here():  # process 0 alone evaluates: no agreement needed
+                progress.close()
+                raise Preempted("evaluation (redone on the rerun; training and exports are saved)",
+                                self.guard.received)
             progress.set_postfix(last=f"{name} {cell['task']} {cell['length']}: {cell['accuracy']:.2f}", refresh=False)
             progress.update(1)
 
         results = evaluate_checkpoints(named, cfg, on_progress=cell_done)
         progress.close()
         write_results(results, cfg, self.workdir / "eval")
+        self.writer.discard_after("eval", -1)  # an earlier, interrupted evaluation's lines
         self.writer.write(self.config.rl.steps, {f"eval/{name}/{cell['task']}/{cell['length']}": cell["accuracy"]
                                                  for name, result in results.items() for cell in result["cells"]})
         return format_table(results, cfg)
@@ -338,8 +364,24 @@ class TrainingRun:
         collectives.barrier(f"export {folder}")
         return directory
 
+    def _stop_point(self, where: str) -> None:
+        """Between phases, exports and the evaluation: stops there when asked (everything before is saved)."""
+        if self.guard.should_stop():
+            self.writer.flush()
+            raise Preempted(where, self.guard.received)
+
     def run(self) -> pathlib.Path:
-        """All phases, then the export; returns the exported checkpoint folder."""
+        """All phases, then the export; returns the exported checkpoint folder.
+
+        SIGTERM/SIGINT (or a JAX preemption notice) stop it after the current step with that step saved:
+        Preempted is raised (see run/preemption.py); the same call on the same workdir continues exactly."""
+        try:
+            with self.guard:
+                return self._run()
+        finally:
+            self.writer.close()  # flushes the TensorBoard events too
+
+    def _run(self) -> pathlib.Path:
         # A run resumes in its latest started phase: the earlier phases are already in its weights.
         first = 0
         for index, phase in enumerate(PHASES):
@@ -350,9 +392,10 @@ class TrainingRun:
             self.run_phase(phase)
             if phase == "sft":
                 self.export("export_sft")  # the SFT-only policy, so evaluations can set it beside SFT+GRPO
+                self._stop_point("the SFT export")
         exported = self.export("export")
+        self._stop_point("the export")
         table = self.evaluate()
         if table:
             print(table)
-        self.writer.close()
         return exported
