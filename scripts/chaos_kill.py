@@ -11,6 +11,9 @@ Kill moments, drawn per restart:
 * step: a random offset (0-1 s) after the restarted run wrote its first new metrics line;
 * save: the moment an asynchronous checkpoint save is seen in flight (an Orbax *.orbax-checkpoint-tmp* folder);
 * export: the moment an export is seen being written (its hidden staging folder), while exports remain.
+
+With --sigterm it instead sends SIGTERM once in each phase in turn (copy, retrieval, SFT, GRPO, the final
+export, the evaluation), checks that each stop exits 75 naming that phase, reruns, and compares the same way.
 """
 
 from __future__ import annotations
@@ -164,6 +167,53 @@ def chaos(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, kills: int, seed: 
     return done
 
 
+SIGTERM_TARGETS = ("copy", "retrieval", "sft", "rl", "export", "evaluation")
+PREEMPTED_EXIT = 75  # memagent_jax.run.preemption.EXIT_CODE (kept literal: this script never imports jax)
+
+
+def _phase_logged(workdir: pathlib.Path, phase: str, after_lines: int) -> bool:
+    path = workdir / "metrics" / "metrics.jsonl"
+    if not path.exists():
+        return False
+    return any(f'"{phase}/' in line for line in path.read_text().splitlines()[after_lines:])
+
+
+def _target_reached(workdir: pathlib.Path, target: str, lines: int, since: float) -> bool:
+    if target in STEPS:
+        return _phase_logged(workdir, target, lines)
+    if target == "export":
+        return export_in_flight(workdir, since) is not None and (workdir / "export_sft").is_dir()
+    return (workdir / "export" / "config.json").exists()  # the evaluation runs after the final export
+
+
+def sigterm_once(command: list[str], workdir: pathlib.Path, log: pathlib.Path, target: str) -> str:
+    """Starts the run, sends SIGTERM once `target` is under way, and returns the run's stop line; raises
+    unless it exits 75 with a line naming the target."""
+    since = time.time()
+    process = start(command, log)
+    lines = metrics_lines(workdir)
+    while process.poll() is None and not _target_reached(workdir, target, lines, since):
+        time.sleep(POLL_S if target == "export" else 0.05)
+    if process.poll() is not None:
+        raise RuntimeError(f"the run ended (exit {process.returncode}) before {target} began; see {log}")
+    process.send_signal(signal.SIGTERM)
+    process.wait()
+    stop_line = next((line for line in reversed(log.read_text().splitlines()) if "preempted" in line), "")
+    if process.returncode != PREEMPTED_EXIT or target.replace("rl", "rl ") not in stop_line + " ":
+        raise RuntimeError(f"SIGTERM in {target}: exit {process.returncode}, line {stop_line!r}; see {log}")
+    return stop_line
+
+
+def sigterm_phases(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, report=print) -> None:
+    """One SIGTERM in each phase in turn, a rerun after each, then the run is let finish."""
+    command, log = train_command(workdir, tokenizer_dir, STEPS), workdir.parent / f"{workdir.name}.log"
+    for target in SIGTERM_TARGETS:
+        report(f"SIGTERM in {target:10s}: exit 75, {sigterm_once(command, workdir, log, target)}")
+    finished = subprocess.run(command, env=train_env(), cwd=ROOT, stdout=open(log, "a"), stderr=subprocess.STDOUT)
+    if finished.returncode != 0:
+        raise RuntimeError(f"the final rerun failed (exit {finished.returncode}); see {log}")
+
+
 # -- comparison ------------------------------------------------------------------------------------------
 
 
@@ -251,6 +301,7 @@ def main() -> int:
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=pathlib.Path, required=True, help="an empty or new folder")
+    parser.add_argument("--sigterm", action="store_true", help="one SIGTERM per phase instead of SIGKILLs")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = args.workdir / "tokenizer"
@@ -262,9 +313,13 @@ def main() -> int:
     startup_s, total_s = reference_run(args.workdir / "reference", tokenizer_dir)
     print(f"reference run: {total_s:.0f}s, first step logged after {startup_s:.0f}s; steps {STEPS}")
     started = time.monotonic()
-    kills = chaos(args.workdir / "killed", tokenizer_dir, args.kills, args.seed, startup_s)
-    print(f"{len(kills)} SIGKILLs and restarts in {time.monotonic() - started:.0f}s")
-    differences = compare(args.workdir / "reference", args.workdir / "killed")
+    if args.sigterm:
+        sigterm_phases(args.workdir / "stopped", tokenizer_dir)
+        print(f"{len(SIGTERM_TARGETS)} SIGTERMs and reruns in {time.monotonic() - started:.0f}s")
+    else:
+        kills = chaos(args.workdir / "killed", tokenizer_dir, args.kills, args.seed, startup_s)
+        print(f"{len(kills)} SIGKILLs and restarts in {time.monotonic() - started:.0f}s")
+    differences = compare(args.workdir / "reference", args.workdir / ("stopped" if args.sigterm else "killed"))
     print("outcome: bit-identical, every (phase, step) once" if not differences else "\n".join(differences))
     return 1 if differences else 0
 

@@ -14,7 +14,7 @@
 local processes can train together (the tests do).
 
 A process that dies (killed, out of memory, a lost host) stops the others: the coordination service misses
-its heartbeats for ``MEMAGENT_HEARTBEAT_TIMEOUT_S`` seconds (default 60; JAX's own default is 100) and ends
+its heartbeats for ``MEMAGENT_HEARTBEAT_TIMEOUT_S`` seconds (default 45; JAX's own default is 100) and ends
 every other process with an error, so no process waits in a collective forever. Rerun the command to resume.
 """
 
@@ -28,7 +28,7 @@ from typing import Mapping
 import jax
 
 DEFAULT_PORT = 8476
-DEFAULT_HEARTBEAT_TIMEOUT_S = 60
+DEFAULT_HEARTBEAT_TIMEOUT_S = 45  # well within the minute a dead peer must be noticed in
 
 
 @dataclasses.dataclass(frozen=True)
