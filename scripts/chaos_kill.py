@@ -178,18 +178,26 @@ def _phase_logged(workdir: pathlib.Path, phase: str, after_lines: int) -> bool:
     return any(f'"{phase}/' in line for line in path.read_text().splitlines()[after_lines:])
 
 
+def _last_step_logged(workdir: pathlib.Path, phase: str) -> bool:
+    lines = (workdir / "metrics" / "metrics.jsonl").read_text().splitlines()
+    return any(f'"{phase}/' in line and json.loads(line).get("step") == STEPS[phase] for line in lines if line.strip())
+
+
 def _target_reached(workdir: pathlib.Path, target: str, lines: int, since: float) -> bool:
     if target in STEPS:
         return _phase_logged(workdir, target, lines)
-    if target == "export":
-        return export_in_flight(workdir, since) is not None and (workdir / "export_sft").is_dir()
-    return (workdir / "export" / "config.json").exists()  # the evaluation runs after the final export
+    if target == "export":  # the last GRPO step is logged: its save, the export and the evaluation follow
+        return _phase_logged(workdir, "rl", lines) and _last_step_logged(workdir, "rl")
+    # The evaluation runs after the final export, which each run writes anew.
+    exported = workdir / "export" / "config.json"
+    return exported.exists() and exported.stat().st_mtime >= since
 
 
 def sigterm_once(command: list[str], workdir: pathlib.Path, log: pathlib.Path, target: str) -> str:
     """Starts the run, sends SIGTERM once `target` is under way, and returns the run's stop line; raises
     unless it exits 75 with a line naming the target."""
     since = time.time()
+    log_start = log.stat().st_size if log.exists() else 0
     process = start(command, log)
     lines = metrics_lines(workdir)
     while process.poll() is None and not _target_reached(workdir, target, lines, since):
@@ -198,16 +206,20 @@ def sigterm_once(command: list[str], workdir: pathlib.Path, log: pathlib.Path, t
         raise RuntimeError(f"the run ended (exit {process.returncode}) before {target} began; see {log}")
     process.send_signal(signal.SIGTERM)
     process.wait()
-    stop_line = next((line for line in reversed(log.read_text().splitlines()) if "preempted" in line), "")
-    if process.returncode != PREEMPTED_EXIT or target.replace("rl", "rl ") not in stop_line + " ":
+    this_attempt = log.read_text()[log_start:].splitlines()
+    stop_line = next((line for line in reversed(this_attempt) if "preempted" in line), "")
+    # A SIGTERM after the last GRPO step stops at the export's stop point, or at that step if it lands first.
+    names = ("the export", f"rl step {STEPS['rl']}") if target == "export" else (target.replace("rl", "rl "),)
+    if process.returncode != PREEMPTED_EXIT or not any(name in stop_line + " " for name in names):
         raise RuntimeError(f"SIGTERM in {target}: exit {process.returncode}, line {stop_line!r}; see {log}")
     return stop_line
 
 
-def sigterm_phases(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, report=print) -> None:
-    """One SIGTERM in each phase in turn, a rerun after each, then the run is let finish."""
+def sigterm_phases(workdir: pathlib.Path, tokenizer_dir: pathlib.Path, targets: tuple[str, ...] = SIGTERM_TARGETS,
+                   report=print) -> None:
+    """One SIGTERM in each target phase in turn, a rerun after each, then the run is let finish."""
     command, log = train_command(workdir, tokenizer_dir, STEPS), workdir.parent / f"{workdir.name}.log"
-    for target in SIGTERM_TARGETS:
+    for target in targets:
         report(f"SIGTERM in {target:10s}: exit 75, {sigterm_once(command, workdir, log, target)}")
     finished = subprocess.run(command, env=train_env(), cwd=ROOT, stdout=open(log, "a"), stderr=subprocess.STDOUT)
     if finished.returncode != 0:
@@ -302,6 +314,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", type=pathlib.Path, required=True, help="an empty or new folder")
     parser.add_argument("--sigterm", action="store_true", help="one SIGTERM per phase instead of SIGKILLs")
+    parser.add_argument("--targets", default=",".join(SIGTERM_TARGETS), help="with --sigterm: which phases")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = args.workdir / "tokenizer"
@@ -314,8 +327,9 @@ def main() -> int:
     print(f"reference run: {total_s:.0f}s, first step logged after {startup_s:.0f}s; steps {STEPS}")
     started = time.monotonic()
     if args.sigterm:
-        sigterm_phases(args.workdir / "stopped", tokenizer_dir)
-        print(f"{len(SIGTERM_TARGETS)} SIGTERMs and reruns in {time.monotonic() - started:.0f}s")
+        targets = tuple(args.targets.split(","))
+        sigterm_phases(args.workdir / "stopped", tokenizer_dir, targets)
+        print(f"{len(targets)} SIGTERMs and reruns in {time.monotonic() - started:.0f}s")
     else:
         kills = chaos(args.workdir / "killed", tokenizer_dir, args.kills, args.seed, startup_s)
         print(f"{len(kills)} SIGKILLs and restarts in {time.monotonic() - started:.0f}s")
