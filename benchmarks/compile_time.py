@@ -11,15 +11,35 @@ bfloat16 compute over float32 masters, 8,704-token rows, remat per layer):
 Each is timed as `jit(...).lower(...)` (tracing and lowering to StableHLO) and `.compile()` (XLA),
 separately, with the persistent compilation cache off.
 
-    python benchmarks/compile_time.py --preset qwen2.5-7b [--programs train,logprobs,prefill,decode]
+    python benchmarks/compile_time.py --preset qwen2.5-7b [--programs train,logprobs,prefill,decode] [--no-scan]
+    python benchmarks/compile_time.py --preset qwen2.5-14b --mesh data=1,fsdp=4,tensor=8
 """
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 
+DEFAULT_MESH = "data=1,fsdp=2,tensor=4"
+
+
+def parse_mesh(text: str) -> dict[str, int]:
+    return {name: int(size) for name, size in (part.split("=") for part in text.split(","))}
+
+
+def _requested_mesh(argv: list[str]) -> str:
+    for i, arg in enumerate(argv):
+        if arg.startswith("--mesh="):
+            return arg.split("=", 1)[1]
+        if arg == "--mesh" and i + 1 < len(argv):
+            return argv[i + 1]
+    return DEFAULT_MESH
+
+
+# The fake devices must exist before JAX starts: as many as the requested mesh has.
+_DEVICES = math.prod(parse_mesh(_requested_mesh(sys.argv)).values())
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-_DEVICES = 8
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={_DEVICES}").strip()
@@ -121,16 +141,12 @@ def engine_programs(cfg: ModelConfig, mesh: Any, args: argparse.Namespace) -> di
     }
 
 
-def parse_mesh(text: str) -> dict[str, int]:
-    return {name: int(size) for name, size in (part.split("=") for part in text.split(","))}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="qwen2.5-7b")
     parser.add_argument("--layers", type=int, default=None, help="cut the preset to this many layers")
     parser.add_argument("--programs", default=",".join(PROGRAMS))
-    parser.add_argument("--mesh", default="data=1,fsdp=2,tensor=4")
+    parser.add_argument("--mesh", default=DEFAULT_MESH, help="the 14b config's is data=1,fsdp=4,tensor=8")
     parser.add_argument("--row-len", type=int, default=8704)
     parser.add_argument("--rows", type=int, default=2, help="rows per micro-batch")
     parser.add_argument("--micro", type=int, default=4, help="micro-batches per update")

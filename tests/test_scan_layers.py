@@ -1,6 +1,7 @@
 """The scan over decoder layers (Transformer.hidden_states(scan=True), UpdateConfig.scan_layers): the same
 numbers as the unrolled layers, a program that does not grow with depth, and per-layer remat that holds."""
 
+import functools
 import re
 
 import jax
@@ -34,9 +35,10 @@ def _batch(rows: int = 2, length: int = 256, seed: int = 0) -> dict[str, jax.Arr
             "segment_ids": jnp.asarray(segments), "positions": jnp.asarray(positions)}
 
 
+@functools.lru_cache(maxsize=None)
 def _loss_and_grads(cfg: ModelConfig, scan: bool, remat: bool, piece_len: int = 64):
     graphdef, params = nnx.split(Transformer(cfg, rngs=nnx.Rngs(1)))
-    batch = _batch()
+    batch = _batch(length=192)
 
     def loss(p):
         logp, entropy = token_stats(nnx.merge(graphdef, p), batch, 0.7, piece_len, remat=remat, scan=scan)
@@ -59,6 +61,7 @@ def test_scan_gives_the_unrolled_numbers_in_float32(remat):
         np.testing.assert_allclose(g_s, g, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_scan_in_bfloat16_keeps_float32_master_gradients():
     cfg = CFG.replace(dtype="bfloat16", param_dtype="float32")
     logp, _, grads = _loss_and_grads(cfg, scan=False, remat=False)
@@ -109,6 +112,7 @@ def _backward_temp_bytes(cfg: ModelConfig, row_len: int) -> int:
     return jax.jit(jax.grad(loss)).lower(params, batch).compile().memory_analysis().temp_size_in_bytes
 
 
+@pytest.mark.slow
 def test_scanned_remat_keeps_one_residual_per_layer():
     """What one more layer costs XLA's buffer assignment under scan + remat: its float32 input (what the memory
     budget's remat estimate counts) plus its share of the stacked weight copy and that copy's gradient (the
