@@ -15,7 +15,7 @@ Reported: step time (median of --repeats after a warm-up step that compiles), re
 per second and the padding share of each. Before timing, both sides' token-mean losses on the batch must
 agree (the run aborts if not).
 
-    python benchmarks/train_step.py [--preset tiny] [--layers N] [--conversations 64]
+    python benchmarks/train_step.py [--preset tiny] [--layers N] [--conversations 64] [--no-scan]
 """
 
 from __future__ import annotations
@@ -122,6 +122,8 @@ def main() -> None:
     parser.add_argument("--rows-per-micro", type=int, default=4)
     parser.add_argument("--torch-micro", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-scan", dest="scan", action="store_false",
+                        help="ours with the decoder layers unrolled instead of scanned (train.scan_layers)")
     args = parser.parse_args()
 
     import torch
@@ -137,7 +139,8 @@ def main() -> None:
         hf = load_hf_model(Path(tmp))
     mesh = make_mesh({"fsdp": 1}, jax.devices()[:1])
     opt = OptimizerConfig(learning_rate=LEARNING_RATE, warmup_steps=0, weight_decay=0.0, grad_clip=1.0)
-    policy = Policy(model, mesh, DEFAULT_RULES, opt, UpdateConfig(objective="sft", max_segments=32),
+    update = UpdateConfig(objective="sft", max_segments=32, scan_layers=args.scan)
+    policy = Policy(model, mesh, DEFAULT_RULES, opt, update,
                     BatchShape(row_len=args.row_len, rows_per_micro=args.rows_per_micro))
     torch_step = TorchStep(hf, sequences, args.torch_micro)
     _, stats = pack(sequences, args.row_len, 32, args.rows_per_micro)
@@ -153,7 +156,8 @@ def main() -> None:
         ours_times += timed(lambda: jax.block_until_ready(policy.train([sequences])), 1)
         torch_times += timed(torch_step, 1)
 
-    print(f"model {args.preset} layers={cfg.num_layers} hidden={cfg.hidden_size} vocab={cfg.vocab_size} "
+    print(f"model {args.preset} layers={cfg.num_layers} scan_layers={args.scan} hidden={cfg.hidden_size} "
+          f"vocab={cfg.vocab_size} "
           f"params={policy.num_params / 1e6:.1f}M; {len(sequences)} conversations, {real} real tokens; "
           f"loss before update: ours {ours_first['nll']:.5f}, torch {torch_loss:.5f}")
     print(f"jax {jax.__version__}, torch {torch.__version__}, devices {jax.devices()}")

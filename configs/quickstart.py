@@ -54,7 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Packed training rows: every conversation is its own segment.
     config.train = ml_collections.ConfigDict({
         "row_len": 1024, "rows_per_micro": 4, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256,
-        "remat": False})
+        "remat": False, "scan_layers": True})
 
     # Warm-ups for a model trained from scratch (a pretrained LLM arrives able to do both). Copy (rl/copy_warmup.py):
     # repeat random strings, where induction heads form. Retrieval (rl/retrieval_warmup.py): short needle and

@@ -23,10 +23,11 @@ Precision: bfloat16 compute, float32 master weights, Adam moments and gradient s
 the engine and the KL reference; truncated importance sampling on (rl.loss.tis_cap 2.0); bfloat16 export.
 
 Memory per chip (memagent_jax.run.memory_budget; tests/test_real_configs.py prints the table): masters 1.85,
-Adam moments 3.7, KL reference 0.9, gradients 3.7, compute copies 0.9 and the engine's weights 3.7 GB
-(14.8 GB), the KV pages 51.5 GB (the engine replicates its cache on every device). The activations of one
-8,704-token row would take about 110 GB per chip (estimate) if every layer kept its intermediates;
-`train.remat=True` (jax.checkpoint per decoder layer) brings them to ~11 GB: 77.5 GB in total of 95.
+Adam moments 3.7, KL reference 0.9, gradients 3.7, the layers' stacked compute copy and its gradient 1.85
+(train.scan_layers) and the engine's weights 3.7 GB (15.7 GB), the KV pages 51.5 GB (the engine replicates its
+cache on every device). The activations of one 8,704-token row would take about 110 GB per chip (estimate) if
+every layer kept its intermediates; `train.remat=True` (jax.checkpoint per decoder layer) brings them to ~11
+GB: 78.4 GB in total of 95.
 """
 
 import ml_collections

@@ -22,10 +22,11 @@ engine and the KL reference; truncated importance sampling (rl.loss.tis_cap 2.0)
 sampler/trainer gap. The export is bfloat16, as the checkpoint.
 
 Memory per device (memagent_jax.run.memory_budget; tests/test_real_configs.py prints the table): masters 3.8,
-Adam moments 7.6, KL reference 1.9, gradients 7.6, compute copies 1.9 and the engine's weights 3.8 GB
-(26.7 GB), the KV pages 30.1 GB. The activations of one 8,704-token row would take about 83 GB per device
-(estimate) if every layer kept its intermediates, attention probabilities included; `train.remat=True`
-(jax.checkpoint per decoder layer) brings them to ~7 GB: 63.5 GB in total of 80.
+Adam moments 7.6, KL reference 1.9, gradients 7.6, the layers' stacked compute copy and its gradient 3.8
+(train.scan_layers) and the engine's weights 3.8 GB (28.6 GB), the KV pages 30.1 GB. The activations of one
+8,704-token row would take about 83 GB per device (estimate) if every layer kept its intermediates, attention
+probabilities included; `train.remat=True` (jax.checkpoint per decoder layer) brings them to ~7 GB: 65.4 GB in
+total of 80.
 """
 
 import ml_collections

@@ -117,7 +117,8 @@ def test_14b_on_tpu_v5p_64_fits_a_chip_with_per_layer_remat():
     assert remat.params == pytest.approx(4 * per_chip, rel=0.01)
     assert remat.optimizer == pytest.approx(8 * per_chip, rel=0.01)
     assert remat.gradients == pytest.approx(8 * per_chip, rel=0.01)
-    assert remat.reference == remat.compute_weights == pytest.approx(2 * per_chip, rel=0.01)
+    # The scan over layers stacks a bfloat16 copy of the weights and builds that stack's gradient.
+    assert 2 * remat.reference == remat.compute_weights == pytest.approx(4 * per_chip, rel=0.01)
     assert remat.rollout_weights == pytest.approx(2 * model_cfg.num_params / 8, rel=0.01)
     check_fits(remat, device)
     with pytest.raises(ValueError, match="activations"):

@@ -153,13 +153,18 @@ class Transformer(nnx.Module):
         segment_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
         remat: bool = False,
+        scan: bool = False,
     ) -> jax.Array:
         """The last decoder layer's output [B, T, hidden] (before the final norm). Training computes the
         LM head piece by piece from this, so [B, T, vocab] logits never exist at once.
 
         remat: keep only each layer's input for the backward pass and recompute the rest (attention
         scores, MLP intermediates): about a third more compute for activations that no longer grow
-        with the number of layers' internals, what long rows on accelerators need."""
+        with the number of layers' internals, what long rows on accelerators need.
+        scan: run the layers as one `lax.scan` over their stacked weights instead of unrolled, so the
+        program holds one layer, not num_layers copies of it: the compile time of a 28-layer update falls
+        by about the depth (BENCHMARKS.md "Compile time at real sizes"). Same arithmetic as unrolled; the
+        price is one stacked compute-dtype copy of the layers' weights per call."""
         if tokens.ndim != 2:
             raise ValueError(f"tokens must be [batch, length], got shape {tokens.shape}")
         if segment_ids is None:
@@ -167,6 +172,8 @@ class Transformer(nnx.Module):
         if positions is None:
             positions = positions_from_segments(segment_ids)
         x = self.embed(tokens)
+        if scan:
+            return _scan_layers(list(self.layers), x, positions, segment_ids, self.cfg.compute_dtype, remat)
         run_layer = jax.checkpoint(_run_layer) if remat else _run_layer
         for layer in self.layers:
             x = run_layer(layer, x, positions, segment_ids)
@@ -175,3 +182,30 @@ class Transformer(nnx.Module):
 
 def _run_layer(layer: DecoderLayer, x: jax.Array, positions: jax.Array, segment_ids: jax.Array) -> jax.Array:
     return layer(x, positions, segment_ids)
+
+
+def stack_layer_weights(layers: list[DecoderLayer], dtype: jnp.dtype) -> tuple[nnx.GraphDef, nnx.State]:
+    """(one layer's graphdef, every layer's weights stacked on a new leading axis) for a scan over layers.
+
+    Floating weights are cast to the compute dtype before stacking: each layer casts them at use anyway
+    (a cast to the same dtype is exact), and the stacked copy is then the compute copy, not the masters."""
+    graphdef, first = nnx.split(layers[0])
+    states = [first] + [nnx.split(layer)[1] for layer in layers[1:]]
+
+    def stack(*values: jax.Array) -> jax.Array:
+        if jnp.issubdtype(values[0].dtype, jnp.floating):
+            values = tuple(v.astype(dtype) for v in values)
+        return jnp.stack(values)
+
+    return graphdef, jax.tree.map(stack, *states)
+
+
+def _scan_layers(layers: list[DecoderLayer], x: jax.Array, positions: jax.Array, segment_ids: jax.Array,
+                 dtype: jnp.dtype, remat: bool) -> jax.Array:
+    graphdef, stacked = stack_layer_weights(layers, dtype)
+
+    def body(hidden: jax.Array, weights: nnx.State) -> tuple[jax.Array, None]:
+        return nnx.merge(graphdef, weights)(hidden, positions, segment_ids), None
+
+    x, _ = jax.lax.scan(jax.checkpoint(body) if remat else body, x, stacked)
+    return x

@@ -34,6 +34,7 @@ class UpdateConfig:
     max_segments: int = 16  # most sequences per packed row (static for per-sequence aggregation)
     piece_len: int = 256  # LM head computed over this many positions at a time
     remat: bool = False  # recompute each decoder layer in the backward pass (long rows on accelerators)
+    scan_layers: bool = True  # one lax.scan over the layers, not num_layers unrolled copies (compile time)
 
     def __post_init__(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -62,7 +63,8 @@ def make_logprob_fn(graphdef: nnx.GraphDef, cfg: UpdateConfig) -> Callable:
     log-probs of a step come from here (no gradients)."""
 
     def one(params: Any, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        return token_stats(nnx.merge(graphdef, params), micro, cfg.temperature, cfg.piece_len)
+        return token_stats(nnx.merge(graphdef, params), micro, cfg.temperature, cfg.piece_len,
+                           scan=cfg.scan_layers)
 
     def one_or_skip(params: Any, micro: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         # The empty micro-batches that pad the count to a power of two cost nothing here either.
@@ -78,7 +80,8 @@ def make_logprob_fn(graphdef: nnx.GraphDef, cfg: UpdateConfig) -> Callable:
 
 def _micro_loss(graphdef: nnx.GraphDef, cfg: UpdateConfig, params: Any, micro: dict[str, jax.Array],
                 denominator: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
-    logp, entropy = token_stats(nnx.merge(graphdef, params), micro, cfg.temperature, cfg.piece_len, cfg.remat)
+    logp, entropy = token_stats(nnx.merge(graphdef, params), micro, cfg.temperature, cfg.piece_len, cfg.remat,
+                                cfg.scan_layers)
     mask = micro["loss_mask"]
     if cfg.objective == "sft":
         per_token = -logp

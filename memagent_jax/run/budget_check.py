@@ -30,7 +30,8 @@ def config_budget(config: ml_collections.ConfigDict, settings: RunSettings, mesh
         page_size=settings.engine.page_size, rollout_rules=rollout, row_len=settings.shape.row_len,
         rows_per_micro=settings.shape.rows_per_micro, piece_len=settings.rl_update.piece_len,
         reference=settings.rl_update.uses_reference,
-        remat_layers=settings.rl_update.remat if remat_layers is None else remat_layers)
+        remat_layers=settings.rl_update.remat if remat_layers is None else remat_layers,
+        scan_layers=settings.rl_update.scan_layers)
 
 
 def _host_memory_bytes() -> float:

@@ -164,10 +164,18 @@ def activation_bytes(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *, row
     return int(stored + head)
 
 
+def compute_weight_bytes(compute_bytes: int, model_cfg: ModelConfig, scan_layers: bool) -> int:
+    """The compute-dtype weight copies of a training step (see per_device_budget's compute_weights)."""
+    if scan_layers:
+        return 2 * compute_bytes
+    return compute_bytes if model_cfg.compute_dtype != model_cfg.weight_dtype else 0
+
+
 def per_device_budget(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *,
                       optimizer: optax.GradientTransformation, kv_pages: int, page_size: int,
                       rollout_rules: Rules | None = None, row_len: int, rows_per_micro: int,
-                      piece_len: int = 256, reference: bool = True, remat_layers: bool = False) -> Budget:
+                      piece_len: int = 256, reference: bool = True, remat_layers: bool = False,
+                      scan_layers: bool = False) -> Budget:
     """Bytes per device of a colocated GRPO run (training.TrainingRun's layout), item by item.
 
     rules / rollout_rules: the training and the engine's sharding rules (None: the engine uses `rules`).
@@ -176,6 +184,8 @@ def per_device_budget(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *,
     micro-batch scan and the current micro-batch's gradient (rl.update).
     compute_weights: the weights rounded to the compute dtype for the matmuls, counted whole (XLA may keep
     every layer's copy for the backward pass); zero when the masters are already in the compute dtype.
+    With `scan_layers` (UpdateConfig.scan_layers) the layers' weights are stacked in the compute dtype
+    whatever the masters' dtype, and the backward pass builds that stack's cotangent: two copies.
     """
     params = abstract_params(model_cfg)
     train_shardings = state_shardings(params, mesh, rules)
@@ -188,7 +198,7 @@ def per_device_budget(model_cfg: ModelConfig, mesh: AnyMesh, rules: Rules, *,
         optimizer=shard_bytes(opt_state, opt_shardings),
         reference=compute_bytes if reference else 0,
         gradients=2 * shard_bytes(cast_floating(params, jnp.float32), train_shardings),
-        compute_weights=compute_bytes if model_cfg.compute_dtype != model_cfg.weight_dtype else 0,
+        compute_weights=compute_weight_bytes(compute_bytes, model_cfg, scan_layers),
         rollout_weights=shard_bytes(cast_floating(params, model_cfg.compute_dtype), rollout_shardings),
         kv_cache=kv_cache_bytes(model_cfg, kv_pages, page_size),
         activations=activation_bytes(model_cfg, mesh, rules, row_len=row_len, rows_per_micro=rows_per_micro,

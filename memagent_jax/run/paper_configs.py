@@ -63,7 +63,7 @@ def paper_config(*, preset: str, checkpoint: str, workdir: str, mesh: dict[str, 
     # the attention's 128-token query blocks. One row per FSDP group per micro-batch.
     config.train = ml_collections.ConfigDict({
         "row_len": 8704, "rows_per_micro": rows_per_micro, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256,
-        "remat": True})
+        "remat": True, "scan_layers": True})
 
     # Instruct models go straight to RL in the paper: no SFT warm start (the section stays for overrides).
     # Data: MemAgent's training file, HotpotQA questions with their paragraphs padded by distractors to 200
