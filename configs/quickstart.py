@@ -51,10 +51,12 @@ def get_config() -> ml_collections.ConfigDict:
         "page_size": 16, "num_pages": 4096, "max_slots": 64, "max_seq_len": 896, "max_prompt_len": 784,
         "prefill_chunk": 256, "prefill_batch": 8, "decode_steps": 8, "attention_backend": "auto",
         "prefix_caching": True})
-    # Packed training rows: every conversation is its own segment.
+    # Packed training rows: every conversation is its own segment. Layers unrolled (scan_layers False): at 4 layers
+    # the unrolled update compiles in seconds and its step ran 10-25% faster on 2 CPU cores than the scanned one
+    # (the real-scale configs scan, where unrolling costs tens of minutes of compiling).
     config.train = ml_collections.ConfigDict({
         "row_len": 1024, "rows_per_micro": 4, "ppo_epochs": 1, "max_segments": 16, "piece_len": 256,
-        "remat": False, "scan_layers": True})
+        "remat": False, "scan_layers": False})
 
     # Warm-ups for a model trained from scratch (a pretrained LLM arrives able to do both). Copy (rl/copy_warmup.py):
     # repeat random strings, where induction heads form. Retrieval (rl/retrieval_warmup.py): short needle and
