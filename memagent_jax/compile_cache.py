@@ -22,9 +22,9 @@ import jax
 
 ENV = "MEMAGENT_COMPILATION_CACHE"
 OFF = frozenset({"off", "0", "false", "no", "none"})
-# Programs that compile faster than this are not written: reading an entry back costs milliseconds, and the
-# engine and update programs worth keeping take seconds.
-MIN_COMPILE_SECONDS = 0.2
+# Programs that compile faster than this are not written: loading an entry back costs tens of milliseconds
+# on CPU, about what compiling such a program does. The engine's and the update's take seconds each.
+MIN_COMPILE_SECONDS = 0.1
 
 
 def default_dir() -> pathlib.Path:
