@@ -10,6 +10,8 @@ Two kinds of command:
   import on absl's FLAGS and runs under absl.app (logging flags, UsageError).
 - `parse_command`: a library module with a command line (the data builders, sweep) defines its flags on a
   fresh FlagValues each call, since those modules import one another and share flag names (--seed, --out_dir).
+
+Every `run_app` command turns on the persistent compilation cache (compile_cache.py) before its main runs.
 """
 
 from __future__ import annotations
@@ -88,7 +90,13 @@ def run_app(main: Callable[[list[str]], Any], module_name: str, *,
             sys.exit(0)
         return parse(argv)
 
-    app.run(main, flags_parser=parse_or_help)
+    def main_with_cache(argv: list[str]) -> Any:
+        from memagent_jax import compile_cache  # imports jax: after parsing, so --help stays fast
+
+        compile_cache.enable()
+        return main(argv)
+
+    app.run(main_with_cache, flags_parser=parse_or_help)
 
 
 def parse_command(argv: Sequence[str], define: Callable[[flags.FlagValues], None], *, prog: str, doc: str | None,

@@ -1,4 +1,5 @@
-"""Test session setup: 8 fake CPU devices (sharding tests) and no network access to model hubs."""
+"""Test session setup: 8 fake CPU devices (sharding tests), no network access to model hubs, and a persistent
+compilation cache shared by every test process (subprocess tests included) and every later session."""
 
 import os
 
@@ -7,6 +8,12 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from memagent_jax import compile_cache  # noqa: E402
+
+# Beside the commands' folder, not in it: the 8 fake devices are part of every key, so no entry is shared.
+os.environ.setdefault(compile_cache.ENV, str(compile_cache.default_dir().with_name("jax-tests")))
+compile_cache.enable()
 
 
 import pytest  # noqa: E402

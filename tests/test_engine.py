@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from memagent_jax.engine import engine as engine_module
 from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig, Request
 from memagent_jax.engine.sampling import SamplingParams
@@ -49,6 +50,21 @@ def test_greedy_equals_full_recompute_mixed_lengths(engine, model):
     for completion, expected in zip(got, want):
         assert completion.finish_reason == "length"
         assert completion.tokens == expected
+
+
+def test_decode_computes_the_busy_rows_only(model):
+    # 3 requests on 64 slots: decode blocks of DECODE_MIN_ROWS rows, never all 64, with the same tokens and
+    # log-probs (to rounding) as an engine that decodes every slot.
+    prompts = _prompts(11, [5, 20, 40])
+    sampled = SamplingParams(temperature=1.0, max_new_tokens=12, seed=3)
+    wide = Engine(model, dataclasses.replace(SMALL_ENGINE, max_slots=64, num_pages=128))
+    got = wide.generate([Request(i, p, sampled) for i, p in enumerate(prompts)])
+    want = Engine(model, SMALL_ENGINE).generate([Request(i, p, sampled) for i, p in enumerate(prompts)])
+    decodes = [name for name in wide.stats.compilations if name.startswith("decode")]
+    assert decodes and all(name.startswith(f"decode({engine_module.DECODE_MIN_ROWS},)") for name in decodes)
+    for a, b in zip(got, want):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
 
 
 def test_shared_prefixes_reuse_pages_and_match(engine, model):

@@ -49,6 +49,11 @@ class _Sequence:
     generated_in_slot: bool = False
 
 
+# The fewest rows a decode block computes: fewer compiled variants, and on accelerators a decode step of
+# 16 rows costs what one of 1 row does (it reads the same weights).
+DECODE_MIN_ROWS = 16
+
+
 def _next_power_of_two(n: int) -> int:
     return 1 << max(0, (n - 1).bit_length())
 
@@ -484,7 +489,10 @@ class Engine:
         decoding = self._reserve_decode_pages(decoding)
         if not decoding:
             return
-        slots = cfg.max_slots
+        # Rows up to the highest busy slot, in power-of-two buckets of at least DECODE_MIN_ROWS: slots are
+        # taken lowest first, so 16 sequences on a 64-slot engine compute 16 rows, not 64. (Rows are
+        # independent of each other; only XLA's rounding of a matmul may differ with the row count.)
+        slots = min(cfg.max_slots, max(DECODE_MIN_ROWS, _next_power_of_two(1 + max(s.slot for s in decoding))))
         by_slot: list[_Sequence | None] = [None] * slots
         for seq in decoding:
             by_slot[seq.slot] = seq
