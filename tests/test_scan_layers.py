@@ -50,15 +50,18 @@ def _loss_and_grads(cfg: ModelConfig, scan: bool, remat: bool, piece_len: int = 
 
 @pytest.mark.parametrize("remat", [False, True])
 def test_scan_gives_the_unrolled_numbers_in_float32(remat):
+    # The same arithmetic; XLA may fuse a loop body differently from unrolled code (jax 0.10.2 gives identical
+    # bits here, jax 0.12.1 differs in the last bits of 13% of the log-probs): equal to float32 rounding.
     logp, entropy, grads = _loss_and_grads(CFG, scan=False, remat=False)
     logp_s, entropy_s, grads_s = _loss_and_grads(CFG, scan=True, remat=remat)
-    np.testing.assert_allclose(logp_s, logp, rtol=0, atol=1e-6)
-    np.testing.assert_allclose(entropy_s, entropy, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(logp_s, logp, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(entropy_s, entropy, rtol=1e-5, atol=1e-6)
     flat, flat_s = jax.tree.leaves(grads), jax.tree.leaves(grads_s)
     assert len(flat) == len(flat_s)
     for g, g_s in zip(flat, flat_s, strict=True):
         assert g.shape == g_s.shape and g.dtype == g_s.dtype
-        np.testing.assert_allclose(g_s, g, rtol=1e-5, atol=1e-6)
+        # Gradients sum many tokens' terms: their rounding scales with the largest entry, not each one.
+        np.testing.assert_allclose(g_s, g, rtol=1e-4, atol=1e-5 * float(np.abs(g).max()))
 
 
 @pytest.mark.slow
