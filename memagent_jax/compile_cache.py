@@ -19,6 +19,7 @@ import pathlib
 import warnings
 
 import jax
+from absl import logging
 
 ENV = "MEMAGENT_COMPILATION_CACHE"
 OFF = frozenset({"off", "0", "false", "no", "none"})
@@ -62,3 +63,15 @@ def enable(value: str | None = None) -> pathlib.Path | None:
     # No size floor (0 would let JAX pick one for remote filesystems; -1 keeps small local entries too).
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return folder
+
+
+def disable_for_cpu_processes() -> None:
+    """Turns the cache off in a CPU run of several processes (call after jax.distributed.initialize).
+
+    Their programs talk through gloo, and with jax 0.12.1 a program loaded back from the cache did not: a
+    two-process CPU run that resumed with a filled cache hung in its first cross-process step (with jax 0.10.2
+    it did not). GPU and TPU runs keep the cache."""
+    if jax.process_count() > 1 and jax.default_backend() == "cpu":
+        jax.config.update("jax_enable_compilation_cache", False)
+        logging.info("compilation cache off: a CPU run of %d processes compiles its own programs",
+                     jax.process_count())

@@ -94,6 +94,7 @@ def test_two_processes_train_like_one(tmp_path, sp_tokenizer_dir):
     # Process 0 logs the run (the budget table, the resume); process 1 only warnings and errors.
     main_log, other_log = ((tmp_path / f"two-{rank}.log").read_text() for rank in (0, 1))
     assert "sft: resumed at step 1" in main_log and "per-device memory budget" in main_log
+    assert "compilation cache off: a CPU run of 2 processes" in main_log
     assert "resumed" not in other_log and "per-device memory budget" not in other_log
 
 

@@ -27,6 +27,8 @@ from typing import Mapping
 
 import jax
 
+from memagent_jax import compile_cache
+
 DEFAULT_PORT = 8476
 DEFAULT_HEARTBEAT_TIMEOUT_S = 45  # well within the minute a dead peer must be noticed in
 
@@ -139,5 +141,6 @@ def initialize(cluster: Cluster | None = None) -> Cluster:
         jax.distributed.initialize(cluster.coordinator_address, cluster.num_processes, cluster.process_id,
                                    list(cluster.local_device_ids) if cluster.local_device_ids is not None else None,
                                    heartbeat_timeout_seconds=heartbeat)
+    compile_cache.disable_for_cpu_processes()
     _initialized = cluster
     return cluster
