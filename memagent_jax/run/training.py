@@ -322,14 +322,14 @@ class TrainingRun:
         return format_file_table(summary, sampling)
 
     def evaluate(self) -> str | None:
-        """SFT-only and SFT+GRPO side by side (config.eval) on held-out synthetic samples by length, or on
-        config.eval.data's files; returns the table."""
+        """The exports side by side (policy_names: SFT-only and SFT+GRPO when both phases ran) on held-out
+        synthetic samples by length (config.eval), or on config.eval.data's files; returns the table."""
         from memagent_jax.run.evaluation import evaluate_checkpoints, format_table, write_results
 
         if not self.config.eval.enabled or not self.is_main:
             return None
         cfg = self.eval_config
-        named = {name: self.workdir / folder for name, folder in (("SFT", "export_sft"), ("SFT+GRPO", "export"))
+        named = {name: self.workdir / folder for name, folder in self.policy_names().items()
                  if (self.workdir / folder).is_dir()}
         if self.eval_files:
             return self._evaluate_files(named)
@@ -351,6 +351,18 @@ class TrainingRun:
         self.writer.write(self.config.rl.steps, {f"eval/{name}/{cell['task']}/{cell['length']}": cell["accuracy"]
                                                  for name, result in results.items() for cell in result["cells"]})
         return format_table(results, cfg)
+
+    def policy_names(self) -> dict[str, str]:
+        """The evaluation's column name of each export folder, named by what trained it: "SFT" and
+        "SFT+GRPO" after both phases; one column when a phase is skipped ("GRPO" alone from the warm-ups
+        or a checkpoint, "SFT" alone, or "warm-ups" / "checkpoint" when neither trained)."""
+        sft, rl = bool(self.config.sft.steps), bool(self.config.rl.steps)
+        if sft and rl:
+            return {"SFT": "export_sft", "SFT+GRPO": "export"}
+        if sft or rl:
+            return {"SFT" if sft else "GRPO": "export"}
+        warmed = self.config.copy.steps or self.config.retrieval.steps
+        return {"warm-ups" if warmed else "checkpoint": "export"}
 
     def export(self, folder: str) -> pathlib.Path:
         """The current weights as an HF folder in the workdir, written by process 0 (every process takes
@@ -390,8 +402,9 @@ class TrainingRun:
                     first = index
         for phase in PHASES[first:]:
             self.run_phase(phase)
-            if phase == "sft":
-                self.export("export_sft")  # the SFT-only policy, so evaluations can set it beside SFT+GRPO
+            if phase == "sft" and self.config.sft.steps:
+                # The SFT-only policy, so evaluations can set it beside SFT+GRPO (no SFT: no such policy).
+                self.export("export_sft")
                 self._stop_point("the SFT export")
         exported = self.export("export")
         self._stop_point("the export")
