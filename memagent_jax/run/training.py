@@ -114,6 +114,18 @@ def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directo
     return directory
 
 
+def policy_names(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The evaluation's column name of each export folder of a run, named by what trained it: "SFT" and
+    "SFT+GRPO" after both phases; one column when a phase is skipped ("GRPO" alone from the warm-ups or a
+    checkpoint, "SFT" alone, or "warm-ups" / "checkpoint" when neither trained)."""
+    sft, rl = bool(config.sft.steps), bool(config.rl.steps)
+    if sft and rl:
+        return {"SFT": "export_sft", "SFT+GRPO": "export"}
+    if sft or rl:
+        return {"SFT" if sft else "GRPO": "export"}
+    return {"warm-ups" if config.copy.steps or config.retrieval.steps else "checkpoint": "export"}
+
+
 class TrainingRun:
     """Builds everything from the config (validated first), then runs the phases."""
 
@@ -329,7 +341,7 @@ class TrainingRun:
         if not self.config.eval.enabled or not self.is_main:
             return None
         cfg = self.eval_config
-        named = {name: self.workdir / folder for name, folder in self.policy_names().items()
+        named = {name: self.workdir / folder for name, folder in policy_names(self.config).items()
                  if (self.workdir / folder).is_dir()}
         if self.eval_files:
             return self._evaluate_files(named)
@@ -351,18 +363,6 @@ class TrainingRun:
         self.writer.write(self.config.rl.steps, {f"eval/{name}/{cell['task']}/{cell['length']}": cell["accuracy"]
                                                  for name, result in results.items() for cell in result["cells"]})
         return format_table(results, cfg)
-
-    def policy_names(self) -> dict[str, str]:
-        """The evaluation's column name of each export folder, named by what trained it: "SFT" and
-        "SFT+GRPO" after both phases; one column when a phase is skipped ("GRPO" alone from the warm-ups
-        or a checkpoint, "SFT" alone, or "warm-ups" / "checkpoint" when neither trained)."""
-        sft, rl = bool(self.config.sft.steps), bool(self.config.rl.steps)
-        if sft and rl:
-            return {"SFT": "export_sft", "SFT+GRPO": "export"}
-        if sft or rl:
-            return {"SFT" if sft else "GRPO": "export"}
-        warmed = self.config.copy.steps or self.config.retrieval.steps
-        return {"warm-ups" if warmed else "checkpoint": "export"}
 
     def export(self, folder: str) -> pathlib.Path:
         """The current weights as an HF folder in the workdir, written by process 0 (every process takes
