@@ -128,3 +128,14 @@ def test_a_tiny_ablation_stopped_twice_resumes_without_redoing_what_finished(tmp
     results = json.loads((out / "results.json").read_text())["checkpoints"]
     assert list(results) == list(POLICIES)
     assert results["SFT"]["checkpoint"].endswith("sft_rl/export_sft")
+
+
+def test_arms_of_an_earlier_base_are_refused(tmp_path):
+    config = configuration.load_config_file(str(ABLATION))
+    config.workdir = str(tmp_path)
+    (tmp_path / "base").mkdir()
+    (tmp_path / "rl_only").mkdir()
+    (tmp_path / "base" / "ablation_arm.json").write_text(json.dumps(
+        {"steps": {"copy": 300, "retrieval": 100, "sft": 0, "rl": 0}}))
+    with pytest.raises(ConfigError, match="other warm-up steps"):
+        AblationRun(config).run()

@@ -206,15 +206,29 @@ class AblationRun:
         """The three training runs (each skipped when done), then the evaluation; returns ablation.md's text.
 
         SIGTERM/SIGINT stop it with what is done saved (Preempted); the same call continues."""
+        import jax
+
         from memagent_jax.run.preemption import Preempted, PreemptionGuard
 
+        self._check_base_unchanged()
         with PreemptionGuard() as guard:  # between and after the runs (each run installs its own)
             for arm in ARMS:
                 if guard.requested_here():
                     raise Preempted(f"before the {arm} run", guard.received)
                 self.train_arm(arm)
+            if jax.process_index() != 0:  # process 0 alone evaluates, as memagent-train's evaluation
+                return ""
             paths = self.evaluate(guard.requested_here)
         return paths["summary"].read_text()
+
+    def _check_base_unchanged(self) -> None:
+        """Arms trained from a base of other warm-up steps would be kept as they are: refused."""
+        marker = self.root / "base" / _DONE
+        if not marker.is_file() or json.loads(marker.read_text()).get("steps") == _steps(self.config, "base"):
+            return
+        if any((self.root / arm).exists() for arm in ARMS[1:]):
+            raise ConfigError(f"{self.root} holds arms trained from a base of other warm-up steps "
+                              f"({json.loads(marker.read_text()).get('steps')}); give a new config.workdir")
 
 
 # ---- the summary: a row per policy, mean accuracy over the tasks by length -----------------------------------
