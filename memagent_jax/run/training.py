@@ -263,7 +263,9 @@ class TrainingRun:
         if phase == "retrieval":
             end, row_len = end_of_turn_id(self.tokenizer), policy.shape.row_len
             boxed = bool(self.config.retrieval.boxed_answer)
-            return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed)])
+            fraction = float(self.config.retrieval.answer_prompt_fraction)
+            return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed,
+                                                                    self.prompts.final_answer, fraction)])
         if phase == "sft":
             trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size, self.config.sft.quiet_updates)
             return lambda step, seed: trainer.step(next(data))
