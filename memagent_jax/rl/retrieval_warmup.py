@@ -16,10 +16,10 @@ end-of-turn; loss on the part after the bar. With `boxed_answer` the target goes
 out of a line into the box is trained here on every sample, where SFT has one answer per document.
 
 With an `answer_prompt` (the agent's final-answer prompt) a share of the samples is rendered in it instead: the
-question in its problem slot, the short document in its memory slot, then the same target (evidence lines, boxed
-answer). That is answering in a box from a text, what an instruct model brings to MemAgent's final turn; it
-trains no memory update (no memory-update prompt, no oracle memory), so a base warmed up this way has still never
-written a memory (configs/ablation.py).
+question in its problem slot, the short document in its memory slot, then the boxed answer alone (with the evidence
+lines first, the base's answers began with the value and lost the box). That is answering in a box from a text,
+what an instruct model brings to MemAgent's final turn; it trains no memory update (no memory-update prompt, no
+oracle memory), so a base warmed up this way has still never written a memory (configs/ablation.py).
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from memagent_jax.tokenizer import Tokenizer
 
 def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row_len: int,
                        boxed_answer: bool = False, answer_prompt: SlotPrompt | None = None) -> TrainSequence:
-    """One sample as a retrieval sequence (evidence lines, then the boxed answer when `boxed_answer` or
-    `answer_prompt`); with `answer_prompt` (slots prompt and memory) the prompt is it, holding the question
-    and the document, else the document, newline, question, newline. ValueError when the sample has no
+    """One sample as a retrieval sequence: the document, newline, question, newline, then the evidence lines
+    (and the boxed answer when `boxed_answer`); with `answer_prompt` (slots prompt and memory) that prompt
+    holding the question and the document, then the boxed answer alone. ValueError when the sample has no
     evidence or does not fit a packed row of `row_len` inputs."""
     sample = item.sample
     # In reading order, like the oracle memory after the last chunk.
@@ -52,7 +52,9 @@ def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row
     else:
         prompt = document + newline + question + newline
     text = evidence_memory([span.memory_text for span in ordered], all(span.note for span in ordered))
-    if boxed_answer or answer_prompt is not None:
+    if answer_prompt is not None:  # the boxed answer alone: every answer starts with its box
+        text = "\\boxed{" + boxed_target(text, sample) + "}"
+    elif boxed_answer:
         text += "\n\\boxed{" + boxed_target(text, sample) + "}"
     target = tokenizer.encode(text) + [end_id]
     if len(prompt) + len(target) - 1 > row_len:
