@@ -45,8 +45,18 @@ def get_config() -> ml_collections.ConfigDict:
     # answer). No phase trains the agent's memory-update prompt before the arms.
     config.copy.steps = 300
     config.retrieval.steps = 300
+    # Half of each retrieval batch in the agent's final-answer prompt: the question, the short document where the
+    # memory goes, the boxed answer (answering from a text in a box, as an instruct model does; no memory-update
+    # target). Without it the base had never seen the agent's prompts: reward 0 on every rollout at 256-1,024
+    # tokens, greedy too, and GRPO never updated (every group uniform).
+    config.retrieval.answer_prompt_fraction = 0.5
     config.sft.steps = 300  # the SFT arm (oracle memory traces, documents of 512-4,096 tokens)
     config.rl.steps = 120  # the RL-only arm
-    config.ablation = ml_collections.ConfigDict({"sft_rl_steps": 30, "long_samples_per_cell": 4})
+    # The RL-only arm's own data: its base answers ~6% of niah_single at 256 tokens and ~0 elsewhere, so its GRPO
+    # starts where rewards exist: niah_single at 256-512 tokens (1-2 memory updates), 8 rollouts per document
+    # and up to 2 refills for the uniform groups that dynamic sampling drops. SFT+GRPO keeps config.rl.
+    config.ablation = ml_collections.ConfigDict({
+        "sft_rl_steps": 30, "long_samples_per_cell": 4,
+        "rl_only": {"tasks": ("niah_single",), "lengths": (256, 512), "group_size": 8, "max_refills": 2}})
     config.eval.update(lengths=(1024, 4096, 16384, 65536), long=True, samples_per_cell=8, batch=8)
     return config

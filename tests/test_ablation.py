@@ -43,6 +43,21 @@ def test_the_ablation_config_passes_every_check_and_gives_three_runs_from_one_ba
     assert config.eval.long and len(config.eval.tasks) == 5
 
 
+def test_rl_only_overrides_reach_the_rl_only_arm_alone():
+    config = configuration.load_config_file(str(ABLATION))
+    overrides = dict(config.ablation.rl_only)
+    assert overrides  # the RL-only arm's short, easy documents: its first rewards (configs/ablation.py)
+    rl_only, sft_rl = arm_config(config, "rl_only"), arm_config(config, "sft_rl")
+    for key, value in overrides.items():
+        assert rl_only.rl[key] == value
+    assert {key: sft_rl.rl[key] for key in overrides} == {key: config.rl[key] for key in overrides}
+    assert rl_only.rl.steps == config.rl.steps and sft_rl.rl.steps == config.ablation.sft_rl_steps
+    for bad in ({"stepz": 3}, {"steps": 3}, {"optimizer": {}}):
+        config.ablation.rl_only = bad
+        with pytest.raises(ConfigError, match="config.ablation.rl_only"):
+            check_ablation_config(config)
+
+
 def test_a_typo_in_the_ablation_section_is_refused(tmp_path):
     path = tmp_path / "config.py"
     path.write_text(f"import runpy\n\ndef get_config():\n"

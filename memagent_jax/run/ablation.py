@@ -5,6 +5,8 @@ Three training runs, each a TrainingRun in a workdir of its own under config.wor
 
 - base/: the copy and retrieval warm-ups only (sft and rl skipped); its export is the "no RL" policy;
 - rl_only/: GRPO (rl.steps) from base/export, loaded as a pretrained checkpoint is: the "RL only" policy;
+  config.ablation.rl_only (optional) overrides config.rl's values for this arm alone (e.g. its tasks, document
+  lengths and group size: from a base that never wrote a memory, reward comes first on short documents);
 - sft_rl/: SFT on oracle traces (sft.steps) from base/export, then GRPO (ablation.sft_rl_steps): its
   export_sft is the "SFT" policy, its export "SFT+GRPO".
 
@@ -60,6 +62,11 @@ def check_ablation_config(config: ml_collections.ConfigDict) -> None:
     for name in ("sft_rl_steps", "long_samples_per_cell"):
         if int(config.ablation[name]) < 1:
             raise ConfigError(f"config.ablation.{name} must be >= 1, got {config.ablation[name]}")
+    overrides = config.ablation.get("rl_only", None) or {}
+    unknown = sorted(set(overrides) - set(config.rl) | set(overrides) & {"steps", "loss", "optimizer"})
+    if unknown:
+        raise ConfigError(f"config.ablation.rl_only: {unknown} are not values of config.rl the RL-only arm may "
+                          "override (its steps are rl.steps; loss and optimizer are shared)")
     for key in ("copy.steps", "retrieval.steps", "sft.steps", "rl.steps"):
         section, field = key.split(".")
         if int(config[section][field]) < 0:
@@ -84,6 +91,9 @@ def arm_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.Co
     for phase, steps in _steps(config, arm).items():
         out[phase].steps = steps
     out.eval.enabled = False  # one evaluation of all four policies at the end
+    if arm == "rl_only":
+        for key, value in (config.ablation.get("rl_only", None) or {}).items():
+            out.rl[key] = value
     if arm != "base":
         base = str(root / "base" / "export")
         out.model.checkpoint = base  # loaded as a pretrained checkpoint, its tokenizer with it

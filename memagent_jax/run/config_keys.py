@@ -97,8 +97,8 @@ def run_keys() -> Section:
         "generate": Section(values("prompt", "max_new_tokens")),  # python -m memagent_jax.generate
     }, optional_sections={
         # python -m memagent_jax.ablation (configs/ablation.py): GRPO steps after SFT (rl.steps: RL only's),
-        # and the documents per cell at 256K and 1M.
-        "ablation": Section(values("sft_rl_steps", "long_samples_per_cell")),
+        # the documents per cell at 256K and 1M, and rl_only: config.rl values for the RL-only arm alone.
+        "ablation": Section(values("sft_rl_steps", "long_samples_per_cell"), optional=frozenset({"rl_only"})),
     })
 
 
