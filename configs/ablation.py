@@ -5,7 +5,8 @@
 The quickstart's tiny model, tokenizer and RULER tasks (configs/quickstart.py), trained into four policies:
 
 - no RL: the warm-ups only (copy, then retrieval with boxed answers: repeat a string, find a line by its
-  content, answer in a box), what a pretrained instruct model brings; it never sees a memory trace;
+  content, answer in a box, half of the time in the agent's final-answer prompt with the text where the memory
+  goes), what a pretrained instruct model brings; it never sees a memory-update prompt or a memory trace;
 - RL only: Multi-Conv GRPO from that base, rl.steps steps (as the paper: no oracle traces);
 - SFT: sft.steps steps on oracle memory traces from that base;
 - SFT+GRPO: ablation.sft_rl_steps GRPO steps after that SFT.
@@ -19,14 +20,22 @@ and the issue's goals checked), ablation.png (accuracy against length, one line 
 results.json and accuracy.png per task. Rerunning the same command resumes: finished arms are skipped, a
 stopped one continues from its checkpoint, evaluated cells are kept.
 
-Budget, about 3 hours on 2 cores (estimates from the quickstart's timings on this machine class): copy 300 +
-retrieval 300 steps ~7 min; SFT 300 steps ~8 min; a GRPO step of 4 documents x 4 rollouts of 1-2K tokens
-~40 s (longer while a policy writes long memories), so RL only's 120 steps ~80 min and SFT+GRPO's 30 steps
-~20 min; the evaluation 4 policies x 5 tasks x 6 lengths, ~45-60 min when the prefix cache serves the
-repeated haystack chunks (a policy whose memory changes at every chunk, or niah_multikey's all-needle
-haystack, reads ~10K tokens/s, and 1M cells then take ~7 minutes each: lower ablation.long_samples_per_cell
-to fit a tighter budget). RL only gets the bulk of the GRPO budget: it starts from a policy that has never
-written a memory, where SFT+GRPO starts from one that has.
+Budget, about 3 hours on 2 cores (this machine class, shared with other jobs): copy 300 + retrieval 300 steps
+~10 min (measured 585 s); SFT 300 steps ~8 min; RL only's GRPO steps on niah_single at 256-512 tokens (8
+rollouts, up to 2 refills) took 9-25 s each over its first 30 (477 s with start-up), so its 120 steps ~30-40 min
+(more while more groups carry a reward and are trained); SFT+GRPO's 30 steps of 4 documents x 4 rollouts of 1-2K
+tokens ~40 s each, ~20 min; the evaluation 4 policies x 5 tasks x 6 lengths, ~45-60 min when the prefix cache
+serves the repeated haystack chunks (a policy whose memory changes at every chunk, or niah_multikey's
+all-needle haystack, reads ~10K tokens/s, and 1M cells then take ~7 minutes each: lower
+ablation.long_samples_per_cell to fit a tighter budget). RL only gets the bulk of the GRPO budget: it starts from a
+policy that has never written a memory, where SFT+GRPO starts from one that has.
+
+The RL-only arm's first rewards (measured, temperature 1): the base without the final-answer-prompt half of the
+retrieval warm-up scored 0 on all 240 rollouts of the five tasks at 256, 512 and 1,024 tokens and on 256 more at
+256 tokens (group 16), greedy too: GRPO dropped every group. With it, 1/16 on niah_single at 256 tokens and 0
+elsewhere; GRPO on niah_single at 256-512 tokens then rose from a mean reward of 0.017 over steps 1-10 to 0.059
+over steps 11-20 and 0.054 over 21-30, 1-4 of 4 groups trained per step. Whether 120 steps carry that to the
+other tasks and to 1M tokens is what the evaluation measures.
 """
 
 import pathlib
