@@ -88,6 +88,9 @@ def phase_data(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokeniz
                          num_epochs=None)
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth")
+
+
 def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directory: pathlib.Path,
                  agent: AgentConfig | None = None) -> pathlib.Path:
     """HF layout (config.json, safetensors) plus the tokenizer's files and the agent sizes it was trained
@@ -104,8 +107,11 @@ def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directo
     if agent is not None:
         agent.save_sizes(staging)
     if tokenizer_dir is not None:
+        # The tokenizer's files only: a tokenizer folder may be a checkpoint (a run that starts from a pretrained
+        # export takes its tokenizer from there), whose weights and agent sizes must not replace this model's.
         for path in tokenizer_dir.iterdir():
-            if path.is_file() and path.name != "config.json":
+            if (path.is_file() and path.name != "config.json" and not (staging / path.name).exists()
+                    and not path.name.endswith(_WEIGHT_SUFFIXES)):
                 shutil.copy2(path, staging / path.name)
     for path in staging.iterdir():  # on disk before the rename makes the folder visible
         with open(path, "rb") as file:
