@@ -49,10 +49,15 @@ def test_rl_only_overrides_reach_the_rl_only_arm_alone():
     assert overrides  # the RL-only arm's short, easy documents: its first rewards (configs/ablation.py)
     rl_only, sft_rl = arm_config(config, "rl_only"), arm_config(config, "sft_rl")
     for key, value in overrides.items():
-        assert rl_only.rl[key] == value
+        if key == "optimizer":  # the values given, the others kept
+            assert {name: rl_only.rl.optimizer[name] for name in value} == dict(value)
+            assert rl_only.rl.optimizer.warmup_steps == config.rl.optimizer.warmup_steps
+        else:
+            assert rl_only.rl[key] == value
     assert {key: sft_rl.rl[key] for key in overrides} == {key: config.rl[key] for key in overrides}
     assert rl_only.rl.steps == config.rl.steps and sft_rl.rl.steps == config.ablation.sft_rl_steps
-    for bad in ({"stepz": 3}, {"steps": 3}, {"optimizer": {}}):
+    run_settings(rl_only)
+    for bad in ({"stepz": 3}, {"steps": 3}, {"optimizer": {"learning_rat": 1e-3}}, {"loss": 0.1}):
         config.ablation.rl_only = bad
         with pytest.raises(ConfigError, match="config.ablation.rl_only"):
             check_ablation_config(config)

@@ -6,7 +6,8 @@ Three training runs, each a TrainingRun in a workdir of its own under config.wor
 - base/: the copy and retrieval warm-ups only (sft and rl skipped); its export is the "no RL" policy;
 - rl_only/: GRPO (rl.steps) from base/export, loaded as a pretrained checkpoint is: the "RL only" policy;
   config.ablation.rl_only (optional) overrides config.rl's values for this arm alone (e.g. its tasks, document
-  lengths and group size: from a base that never wrote a memory, reward comes first on short documents);
+  lengths, group size, optimizer.learning_rate: from a base that never wrote a memory, reward comes first on
+  short documents);
 - sft_rl/: SFT on oracle traces (sft.steps) from base/export, then GRPO (ablation.sft_rl_steps): its
   export_sft is the "SFT" policy, its export "SFT+GRPO".
 
@@ -63,10 +64,14 @@ def check_ablation_config(config: ml_collections.ConfigDict) -> None:
         if int(config.ablation[name]) < 1:
             raise ConfigError(f"config.ablation.{name} must be >= 1, got {config.ablation[name]}")
     overrides = config.ablation.get("rl_only", None) or {}
-    unknown = sorted(set(overrides) - set(config.rl) | set(overrides) & {"steps", "loss", "optimizer"})
+    unknown = sorted(set(overrides) - set(config.rl) | set(overrides) & {"steps"})
+    for key in set(overrides) & {"loss", "optimizer"}:  # sections: some of their values
+        if not isinstance(overrides[key], (Mapping, ml_collections.ConfigDict)):
+            raise ConfigError(f"config.ablation.rl_only.{key} must be a section of config.rl.{key}'s values")
+        unknown += sorted(f"{key}.{name}" for name in set(overrides[key]) - set(config.rl[key]))
     if unknown:
         raise ConfigError(f"config.ablation.rl_only: {unknown} are not values of config.rl the RL-only arm may "
-                          "override (its steps are rl.steps; loss and optimizer are shared)")
+                          "override (its steps are rl.steps)")
     for key in ("copy.steps", "retrieval.steps", "sft.steps", "rl.steps"):
         section, field = key.split(".")
         if int(config[section][field]) < 0:
@@ -93,7 +98,10 @@ def arm_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.Co
     out.eval.enabled = False  # one evaluation of all four policies at the end
     if arm == "rl_only":
         for key, value in (config.ablation.get("rl_only", None) or {}).items():
-            out.rl[key] = value
+            if key in ("loss", "optimizer"):
+                out.rl[key].update(dict(value))
+            else:
+                out.rl[key] = value
     if arm != "base":
         base = str(root / "base" / "export")
         out.model.checkpoint = base  # loaded as a pretrained checkpoint, its tokenizer with it
