@@ -81,6 +81,7 @@ setup(
         "memagent-answer=memagent_jax.answer:run",
         "memagent-check-config=memagent_jax.check_config:run",
         "memagent-sweep=memagent_jax.sweep:run",
+        "memagent-ablation=memagent_jax.ablation:run",
         "memagent-build-hotpotqa=memagent_jax.data.hotpotqa:main",
         "memagent-build-hotpotqa-train=memagent_jax.data.hotpotqa_train:main",
         "memagent-build-ruler-qa=memagent_jax.data.ruler_qa:main",

@@ -19,6 +19,7 @@ OWN_FLAGS = {
     "memagent-answer": ("checkpoint", "document", "question", "show_memory"),
     "memagent-check-config": ("config", "devices", "device_gb"),
     "memagent-sweep": ("config", "sweep", "set", "root", "dry_run", "slurm"),
+    "memagent-ablation": ("config",),
     "memagent-build-hotpotqa": ("hotpotqa", "out_dir", "num_docs", "num_questions"),
     "memagent-build-hotpotqa-train": ("hotpotqa", "out", "eval_hotpotqa", "on_error"),
     "memagent-build-ruler-qa": ("task", "data", "tokenizer", "target_tokens", "out_dir"),

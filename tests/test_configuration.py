@@ -164,3 +164,12 @@ def test_demo_command_on_an_hf_checkpoint_matches_transformers(tmp_path):
                                  eos_token_id=list(tokenizer.stop_ids), pad_token_id=tokenizer.pad_id)
     expected = tokenizer.decode(out[0, len(ids):].tolist())
     assert f"completion ({out.shape[1] - len(ids)} tokens): {expected!r}" in done.stdout
+
+
+def test_retrieval_answer_prompt_fraction_is_checked():
+    from memagent_jax.run.settings import retrieval_settings
+
+    assert _parse().retrieval.answer_prompt_fraction == 0.0  # the quickstart's warm-up as before
+    retrieval_settings(_parse("--config.retrieval.answer_prompt_fraction=0.5"))
+    with pytest.raises(configuration.ConfigError, match="config.retrieval.answer_prompt_fraction"):
+        retrieval_settings(_parse("--config.retrieval.answer_prompt_fraction=1.5"))

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 
+from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.data.mixture import MixtureSource
 from memagent_jax.data.pipeline import make_pipeline
 from memagent_jax.data.synthetic import SyntheticSource
@@ -79,3 +80,39 @@ class _NoSpans:
 
     def __getattr__(self, name):
         return getattr(self._document, name)
+
+
+@pytest.mark.parametrize("task", ["niah_single", "vt"])
+def test_answer_prompt_holds_question_and_document_then_the_boxed_target(tokenizer, task):
+    """In the agent's final-answer prompt: the question in its problem slot, the document where the memory goes;
+    the target is the boxed answer alone. No memory-update prompt anywhere."""
+    end = end_of_turn_id(tokenizer)
+    prompts = AgentPrompts.build(tokenizer)
+    for item in _samples(tokenizer, task, 96):
+        plain = retrieval_sequence(item, tokenizer, end, row_len=512, boxed_answer=True)
+        answer = retrieval_sequence(item, tokenizer, end, row_len=512, answer_prompt=prompts.final_answer)
+        document = [int(t) for chunk in item.iter_chunks(tokenizer) for t in chunk]
+        question = [int(t) for t in item.question_ids]
+        assert list(answer.tokens[:answer.prompt_len]) == prompts.final_answer.assemble(
+            {"prompt": question, "memory": document})
+        # The boxed answer alone (the box the plain target ends with), even without boxed_answer.
+        boxed_line = tokenizer.decode(plain.tokens[plain.prompt_len:-1]).split("\n")[-1]
+        assert tokenizer.decode(answer.tokens[answer.prompt_len:-1]) == boxed_line
+        assert boxed_line == "\\boxed{" + item.sample.reward_answer + "}" and answer.tokens[-1] == end
+        update_head = prompts.memory_update.pieces[0]
+        assert list(answer.tokens[:len(update_head)]) != list(update_head)
+
+
+def test_answer_prompt_fraction_renders_that_share_of_the_batch(tokenizer):
+    end = end_of_turn_id(tokenizer)
+    prompts = AgentPrompts.build(tokenizer)
+    items = _samples(tokenizer, "niah_single", 96)
+    head = list(prompts.final_answer.pieces[0])
+    for fraction, expected in ((0.0, 0), (0.5, 2), (1.0, 4)):
+        batch = retrieval_batch(items, tokenizer, end, 512, True, prompts.final_answer, fraction)
+        in_prompt = [list(seq.tokens[:len(head)]) == head for seq in batch]
+        assert sum(in_prompt) == expected and in_prompt == [True] * expected + [False] * (4 - expected)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        retrieval_batch(items, tokenizer, end, 512, True, prompts.final_answer, 1.5)
+    with pytest.raises(ValueError, match="needs an answer_prompt"):
+        retrieval_batch(items, tokenizer, end, 512, True, None, 0.5)

@@ -175,3 +175,28 @@ def test_an_export_appears_whole_and_a_failed_one_leaves_the_old_folder(tmp_path
     with pytest.raises(FileNotFoundError):  # fails after the weights, while adding the tokenizer
         export_model(model, tmp_path / "no-tokenizer", tmp_path / "export")
     assert {p.name: p.read_bytes() for p in (tmp_path / "export").iterdir()} == before
+
+
+def test_an_export_keeps_its_own_weights_when_the_tokenizer_folder_is_a_checkpoint(tmp_path,
+                                                                                  tiny_eval_checkpoints):
+    """The ablation's arms take their tokenizer from the base's export: its weights must not come along."""
+    from memagent_jax.model.hf import load_hf_checkpoint
+    from memagent_jax.run.training import export_model
+
+    first, second = tiny_eval_checkpoints[0], tiny_eval_checkpoints[1]
+    model, _ = load_hf_checkpoint(second)
+    export_model(model, first, tmp_path / "export")
+    weights = sorted(p.name for p in second.iterdir() if p.name.endswith(".safetensors"))
+    assert weights and all((tmp_path / "export" / name).read_bytes() != (first / name).read_bytes()
+                           for name in weights)
+    assert (tmp_path / "export" / "tokenizer.model").read_bytes() == (first / "tokenizer.model").read_bytes()
+
+
+def test_evaluation_columns_are_named_by_the_phases_that_trained():
+    from memagent_jax.run.training import policy_names
+
+    assert policy_names(tiny_config(sft=2, rl=2)) == {"SFT": "export_sft", "SFT+GRPO": "export"}
+    assert policy_names(tiny_config(retrieval=2, sft=0, rl=2)) == {"GRPO": "export"}  # no SFT: no SFT column
+    assert policy_names(tiny_config(sft=2, rl=0)) == {"SFT": "export"}
+    assert policy_names(tiny_config(copy=2, sft=0, rl=0)) == {"warm-ups": "export"}
+    assert policy_names(tiny_config(sft=0, rl=0)) == {"checkpoint": "export"}

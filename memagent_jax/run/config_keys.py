@@ -24,9 +24,11 @@ class Section:
 
     required: Mapping[str, "Section | None"]
     optional: frozenset[str] = frozenset()
+    # Sections a config may leave out, checked like required ones when present.
+    optional_sections: Mapping[str, "Section"] = dataclasses.field(default_factory=dict)
 
     def known(self) -> list[str]:
-        return sorted(set(self.required) | self.optional)
+        return sorted(set(self.required) | self.optional | set(self.optional_sections))
 
 
 def values(*names: str) -> dict[str, None]:
@@ -82,7 +84,8 @@ def run_keys() -> Section:
         # train: both the packed rows and the update (its objective, loss and temperature come per phase).
         "train": built_into(BatchShape, UpdateConfig, exclude=("objective", "loss", "temperature")),
         "copy": built_into(CopyTaskConfig, BatchShape, read=("steps", "batch_size"), sections={"optimizer": optimizer}),
-        "retrieval": built_into(BatchShape, read=(*phase_data, "boxed_answer"), sections={"optimizer": optimizer}),
+        "retrieval": built_into(BatchShape, read=(*phase_data, "boxed_answer", "answer_prompt_fraction"),
+                                sections={"optimizer": optimizer}),
         "sft": Section({**values(*phase_data, "mini_batch_size", "quiet_updates"), "optimizer": optimizer}),
         "rl": built_into(RLConfig, ExperienceConfig, exclude=("experience",), read=phase_data,
                          sections={"loss": built_into(LossConfig), "optimizer": optimizer}),
@@ -92,6 +95,10 @@ def run_keys() -> Section:
         "metrics": Section(values("tensorboard", "jsonl", "progress")),
         "budget": Section(values("device_gb", "enforce")),
         "generate": Section(values("prompt", "max_new_tokens")),  # python -m memagent_jax.generate
+    }, optional_sections={
+        # python -m memagent_jax.ablation (configs/ablation.py): GRPO steps after SFT (rl.steps: RL only's),
+        # the documents per cell at 256K and 1M, and rl_only: config.rl values for the RL-only arm alone.
+        "ablation": Section(values("sft_rl_steps", "long_samples_per_cell"), optional=frozenset({"rl_only"})),
     })
 
 
@@ -99,11 +106,12 @@ def key_problems(config: ml_collections.ConfigDict, section: Section, path: str 
     """One line per unknown key (with the closest known one), missing key, or value where a section belongs."""
     problems = []
     for key in config.keys():
-        if key not in section.required and key not in section.optional:
+        if key not in section.required and key not in section.optional and key not in section.optional_sections:
             close = difflib.get_close_matches(key, section.known(), n=1)
             hint = f"; did you mean {path}.{close[0]}?" if close else f"; known keys there: {section.known()}"
             problems.append(f"{path}.{key} is not a known key{hint}")
-    for key, inner in section.required.items():
+    present = {key: inner for key, inner in section.optional_sections.items() if key in config}
+    for key, inner in {**section.required, **present}.items():
         if key not in config:
             problems.append(f"{path}.{key} is missing: the run reads it, so every config must set it")
         elif inner is not None:

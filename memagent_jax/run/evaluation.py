@@ -41,7 +41,8 @@ from memagent_jax.engine.engine import Engine
 from memagent_jax.engine.requests import EngineConfig
 from memagent_jax.run.checkpoint_agent import open_agent
 
-__all__ = ["EvalConfig", "LONG_LENGTHS", "draw_lines", "evaluate_checkpoint", "evaluate_checkpoints", "format_table",
+__all__ = ["EvalConfig", "LONG_LENGTHS", "draw_lines", "evaluate_checkpoint", "evaluate_checkpoints",
+           "evaluate_on_engine", "format_table",
            "length_label", "plot_accuracy", "read_results", "score_trajectories", "write_results"]
 
 # Training draws its samples with seeds config.seed * 1000 + 1 (SFT) and + 2 (RL); see training.phase_data.
@@ -222,6 +223,13 @@ def evaluate_checkpoints(named: Mapping[str, str | os.PathLike], cfg: EvalConfig
         report = None if on_progress is None else (lambda cell, name=name: on_progress(name, cell))
         results[name], engine = _evaluate(path, cfg, report, engine)
     return results
+
+
+def evaluate_on_engine(checkpoint_dir: str | os.PathLike, cfg: EvalConfig, engine: Engine | None = None,
+                       on_progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[dict[str, Any], Engine]:
+    """`evaluate_checkpoint` on `engine` when it fits the checkpoint's architecture (its weights replaced, its
+    steps already compiled); returns the result and the engine, for the next call."""
+    return _evaluate(checkpoint_dir, cfg, on_progress, engine)
 
 
 def _evaluate(checkpoint_dir: str | os.PathLike, cfg: EvalConfig,

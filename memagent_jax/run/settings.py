@@ -99,6 +99,9 @@ def copy_settings(config: ml_collections.ConfigDict) -> tuple[CopyTaskConfig, Ba
 def retrieval_settings(config: ml_collections.ConfigDict) -> tuple[BatchShape, OptimizerConfig]:
     """The retrieval warm-up's packed rows and optimizer; its tasks and lengths checked like SFT's."""
     check_phase_data(config.retrieval, "retrieval")
+    fraction = config.retrieval.answer_prompt_fraction
+    if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
+        raise ConfigError(f"config.retrieval.answer_prompt_fraction must be a number in [0, 1], got {fraction!r}")
     return _build(BatchShape, config.retrieval, "retrieval"), optimizer_config(config.retrieval, "retrieval")
 
 

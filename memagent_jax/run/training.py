@@ -88,6 +88,9 @@ def phase_data(config: ml_collections.ConfigDict, phase: str, tokenizer: Tokeniz
                          num_epochs=None)
 
 
+_WEIGHT_SUFFIXES = (".safetensors", ".safetensors.index.json", ".bin", ".bin.index.json", ".pt", ".pth")
+
+
 def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directory: pathlib.Path,
                  agent: AgentConfig | None = None) -> pathlib.Path:
     """HF layout (config.json, safetensors) plus the tokenizer's files and the agent sizes it was trained
@@ -104,14 +107,29 @@ def export_model(model: Transformer, tokenizer_dir: pathlib.Path | None, directo
     if agent is not None:
         agent.save_sizes(staging)
     if tokenizer_dir is not None:
+        # The tokenizer's files only: a tokenizer folder may be a checkpoint (a run that starts from a pretrained
+        # export takes its tokenizer from there), whose weights and agent sizes must not replace this model's.
         for path in tokenizer_dir.iterdir():
-            if path.is_file() and path.name != "config.json":
+            if (path.is_file() and path.name != "config.json" and not (staging / path.name).exists()
+                    and not path.name.endswith(_WEIGHT_SUFFIXES)):
                 shutil.copy2(path, staging / path.name)
     for path in staging.iterdir():  # on disk before the rename makes the folder visible
         with open(path, "rb") as file:
             os.fsync(file.fileno())
     replace_folder(staging, directory)
     return directory
+
+
+def policy_names(config: ml_collections.ConfigDict) -> dict[str, str]:
+    """The evaluation's column name of each export folder of a run, named by what trained it: "SFT" and
+    "SFT+GRPO" after both phases; one column when a phase is skipped ("GRPO" alone from the warm-ups or a
+    checkpoint, "SFT" alone, or "warm-ups" / "checkpoint" when neither trained)."""
+    sft, rl = bool(config.sft.steps), bool(config.rl.steps)
+    if sft and rl:
+        return {"SFT": "export_sft", "SFT+GRPO": "export"}
+    if sft or rl:
+        return {"SFT" if sft else "GRPO": "export"}
+    return {"warm-ups" if config.copy.steps or config.retrieval.steps else "checkpoint": "export"}
 
 
 class TrainingRun:
@@ -251,7 +269,9 @@ class TrainingRun:
         if phase == "retrieval":
             end, row_len = end_of_turn_id(self.tokenizer), policy.shape.row_len
             boxed = bool(self.config.retrieval.boxed_answer)
-            return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed)])
+            fraction = float(self.config.retrieval.answer_prompt_fraction)
+            return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed,
+                                                                    self.prompts.final_answer, fraction)])
         if phase == "sft":
             trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size, self.config.sft.quiet_updates)
             return lambda step, seed: trainer.step(next(data))
@@ -322,14 +342,14 @@ class TrainingRun:
         return format_file_table(summary, sampling)
 
     def evaluate(self) -> str | None:
-        """SFT-only and SFT+GRPO side by side (config.eval) on held-out synthetic samples by length, or on
-        config.eval.data's files; returns the table."""
+        """The exports side by side (policy_names: SFT-only and SFT+GRPO when both phases ran) on held-out
+        synthetic samples by length (config.eval), or on config.eval.data's files; returns the table."""
         from memagent_jax.run.evaluation import evaluate_checkpoints, format_table, write_results
 
         if not self.config.eval.enabled or not self.is_main:
             return None
         cfg = self.eval_config
-        named = {name: self.workdir / folder for name, folder in (("SFT", "export_sft"), ("SFT+GRPO", "export"))
+        named = {name: self.workdir / folder for name, folder in policy_names(self.config).items()
                  if (self.workdir / folder).is_dir()}
         if self.eval_files:
             return self._evaluate_files(named)
@@ -390,8 +410,9 @@ class TrainingRun:
                     first = index
         for phase in PHASES[first:]:
             self.run_phase(phase)
-            if phase == "sft":
-                self.export("export_sft")  # the SFT-only policy, so evaluations can set it beside SFT+GRPO
+            if phase == "sft" and self.config.sft.steps:
+                # The SFT-only policy, so evaluations can set it beside SFT+GRPO (no SFT: no such policy).
+                self.export("export_sft")
                 self._stop_point("the SFT export")
         exported = self.export("export")
         self._stop_point("the export")
