@@ -13,8 +13,10 @@ from memagent_jax.run.ablation import (
     POLICIES,
     AblationRun,
     arm_config,
+    arm_settings,
     check_ablation_config,
     format_summary,
+    settings_differences,
     summarize,
 )
 from memagent_jax.run.config_error import ConfigError
@@ -155,7 +157,51 @@ def test_arms_of_an_earlier_base_are_refused(tmp_path):
     config.workdir = str(tmp_path)
     (tmp_path / "base").mkdir()
     (tmp_path / "rl_only").mkdir()
+    # A marker of an earlier version: the steps alone.
     (tmp_path / "base" / "ablation_arm.json").write_text(json.dumps(
         {"steps": {"copy": 300, "retrieval": 100, "sft": 0, "rl": 0}}))
-    with pytest.raises(ConfigError, match="other warm-up steps"):
+    with pytest.raises(ConfigError, match="base was trained with other settings"):
         AblationRun(config).run()
+
+
+def test_arm_settings_follow_what_trains_the_arm_and_nothing_else():
+    config = configuration.load_config_file(str(ABLATION))
+    settings = {arm: arm_settings(config, arm) for arm in ("base", "rl_only", "sft_rl")}
+    assert "sft" not in settings["base"] and "rl" not in settings["base"]  # phases an arm skips
+    assert "copy" not in settings["rl_only"] and "sft" not in settings["rl_only"]
+    assert settings["rl_only"]["rl"]["optimizer"]["learning_rate"] == config.ablation.rl_only.optimizer.learning_rate
+    json.dumps(settings)  # plain JSON values, as written into the marker
+
+    other = configuration.load_config_file(str(ABLATION))
+    other.workdir, other.eval.samples_per_cell, other.checkpoint.every = "elsewhere", 2, 3
+    other.ablation.long_samples_per_cell = 1
+    for arm in settings:  # where it is written, how often it saves and the evaluation change no weights
+        assert settings_differences(settings[arm], arm_settings(other, arm)) == []
+
+    other.retrieval.answer_prompt_fraction = 0.25
+    other.ablation.rl_only.optimizer.learning_rate = 1e-4
+    other.sft.steps = 10
+    changed = {arm: settings_differences(settings[arm], arm_settings(other, arm)) for arm in settings}
+    assert changed == {"base": ["retrieval.answer_prompt_fraction"],
+                       "rl_only": ["rl.optimizer.learning_rate"],
+                       "sft_rl": ["sft.steps"]}
+
+
+def test_an_arm_begun_with_other_settings_is_refused_and_a_finished_one_kept(tmp_path):
+    config = configuration.load_config_file(str(ABLATION))
+    config.workdir = str(tmp_path)
+    run = AblationRun(config, log=(lines := []).append)
+    run._write_marker("base", finished=True, seconds=1.0)
+    run.train_arm("base")  # finished under the same settings: kept, not trained
+    assert lines == [f"base: done earlier, kept ({tmp_path / 'base'})"]
+    run.check_arms_unchanged()
+
+    run._write_marker("rl_only", finished=False)  # begun, stopped before the end
+    changed = configuration.load_config_file(str(ABLATION))
+    changed.workdir = str(tmp_path)
+    changed.ablation.rl_only.group_size = 4
+    changed.ablation.rl_only.optimizer.learning_rate = 1e-4
+    with pytest.raises(ConfigError, match=r"rl_only was trained with other settings \(rl.group_size, "
+                                          r"rl.optimizer.learning_rate differ\)"):
+        AblationRun(changed).check_arms_unchanged()
+    assert settings_differences({"a": {"b": 1}, "c": 2}, {"a": {"b": 1, "d": 0}}) == ["a.d", "c"]

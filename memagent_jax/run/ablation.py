@@ -11,8 +11,10 @@ Three training runs, each a TrainingRun in a workdir of its own under config.wor
 - sft_rl/: SFT on oracle traces (sft.steps) from base/export, then GRPO (ablation.sft_rl_steps): its
   export_sft is the "SFT" policy, its export "SFT+GRPO".
 
-A run that finished writes `ablation_arm.json` (its steps) beside its export and is skipped by the next
-invocation; one that was stopped resumes from its own checkpoints, as `memagent-train` does. The evaluation
+Each run writes `ablation_arm.json` (its settings: the arm's training config without paths, saving, logging and
+evaluation) when it starts, and marks it finished at the end. A finished run is skipped by the next invocation;
+one that was stopped resumes from its own checkpoints, as `memagent-train` does; a run begun with other settings
+is refused with the keys that differ (a new workdir, or deleting that arm's folder, trains it again). The evaluation
 appends each finished (policy, task, length) cell to eval/cells.jsonl and skips those on a rerun.
 """
 
@@ -31,8 +33,8 @@ import ml_collections
 
 from memagent_jax.run.config_error import ConfigError
 
-__all__ = ["ARMS", "POLICIES", "AblationRun", "arm_config", "check_ablation_config", "check_goals", "format_summary",
-           "plot_summary", "summarize"]
+__all__ = ["ARMS", "POLICIES", "AblationRun", "arm_config", "arm_settings", "check_ablation_config", "check_goals",
+           "format_summary", "plot_summary", "settings_differences", "summarize"]
 
 # The training runs' folders under config.workdir, in the order they run (their steps: _steps).
 ARMS = ("base", "rl_only", "sft_rl")
@@ -109,6 +111,38 @@ def arm_config(config: ml_collections.ConfigDict, arm: str) -> ml_collections.Co
     return out
 
 
+# Keys that do not change an arm's weights: where it is written (the arms' paths follow config.workdir), how
+# often it saves, what it logs, the evaluation (run once, after the arms) and the ablation section (its values
+# reach the arms' rl and steps, which are compared).
+_NOT_TRAINING = ("workdir", "model.checkpoint", "tokenizer.path", "checkpoint", "metrics", "budget", "eval",
+                 "generate", "ablation")
+
+
+def arm_settings(config: ml_collections.ConfigDict, arm: str) -> dict[str, Any]:
+    """What decides an arm's weights: its training config (arm_config) without paths, saving, logging, the
+    evaluation and the phases it skips, as JSON values (tuples as lists): equal to a copy read from a file."""
+    values = arm_config(config, arm).to_dict()
+    for key in _NOT_TRAINING:
+        section, _, name = key.rpartition(".")
+        (values[section] if section else values).pop(name, None)
+    for phase in ("copy", "retrieval", "sft", "rl"):  # phases the arm skips (an arm's base is checked as an arm)
+        if not values[phase]["steps"]:
+            del values[phase]
+    return json.loads(json.dumps(values, default=repr))
+
+
+def settings_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested settings dicts (added and removed keys too)."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            changed += settings_differences(a, b, f"{prefix}{key}.")
+        elif key not in old or key not in new or a != b:
+            changed.append(prefix + key)
+    return changed
+
+
 class AblationRun:
     """Runs (or resumes) the three training runs, then the evaluation of the four policies."""
 
@@ -118,25 +152,49 @@ class AblationRun:
         self.root = pathlib.Path(config.workdir)
         self.log = log
 
-    def _arm_done(self, arm: str) -> bool:
-        marker = self.root / arm / _DONE
-        if not marker.is_file():
-            return False
-        return json.loads(marker.read_text()).get("steps") == _steps(self.config, arm)
+    def _marker(self, arm: str) -> dict[str, Any] | None:
+        path = self.root / arm / _DONE
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def _write_marker(self, arm: str, **values: Any) -> None:
+        path = self.root / arm / _DONE
+        path.parent.mkdir(parents=True, exist_ok=True)
+        marker = {"settings": arm_settings(self.config, arm), "steps": _steps(self.config, arm), **values}
+        staged = path.with_name(f".{path.name}.tmp")
+        staged.write_text(json.dumps(marker, indent=2) + "\n")
+        staged.replace(path)  # whole or not at all: a half-written marker would refuse the rerun
+
+    def check_arms_unchanged(self) -> None:
+        """Every arm folder begun earlier was begun with this config's settings (arm_settings); a ConfigError
+        names the keys that differ. Resuming or keeping such an arm would mix two configs' training."""
+        for arm in ARMS:
+            marker = self._marker(arm)
+            if marker is None:
+                continue
+            if "settings" in marker:  # markers of earlier versions hold the steps alone
+                changed = settings_differences(marker["settings"], arm_settings(self.config, arm))
+            else:
+                changed = [] if marker.get("steps") == _steps(self.config, arm) else ["steps"]
+            if changed:
+                shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+                raise ConfigError(f"{self.root / arm} was trained with other settings ({shown} differ): give a new "
+                                  f"config.workdir, or delete {self.root / arm} to train that arm again")
 
     def train_arm(self, arm: str) -> None:
         from memagent_jax.run.training import TrainingRun
 
-        if self._arm_done(arm):
+        marker = self._marker(arm)
+        if marker is not None and marker.get("finished", "settings" not in marker):
             self.log(f"{arm}: done earlier, kept ({self.root / arm})")
             return
         started = time.perf_counter()
         self.log(f"{arm}: training {_steps(self.config, arm)} in {self.root / arm}")
         run = TrainingRun(arm_config(self.config, arm))
+        if run.is_main:  # the settings first, so a stopped arm resumes only under the same ones
+            self._write_marker(arm, finished=False)
         run.run()  # Preempted propagates: the caller exits 75 and the rerun resumes here
         if run.is_main:
-            marker = {"steps": _steps(self.config, arm), "seconds": time.perf_counter() - started}
-            (self.root / arm / _DONE).write_text(json.dumps(marker, indent=2) + "\n")
+            self._write_marker(arm, finished=True, seconds=time.perf_counter() - started)
         del run
         gc.collect()
 
@@ -228,7 +286,7 @@ class AblationRun:
 
         from memagent_jax.run.preemption import Preempted, PreemptionGuard
 
-        self._check_base_unchanged()
+        self.check_arms_unchanged()
         with PreemptionGuard() as guard:  # between and after the runs (each run installs its own)
             for arm in ARMS:
                 if guard.requested_here():
@@ -238,15 +296,6 @@ class AblationRun:
                 return ""
             paths = self.evaluate(guard.requested_here)
         return paths["summary"].read_text()
-
-    def _check_base_unchanged(self) -> None:
-        """Arms trained from a base of other warm-up steps would be kept as they are: refused."""
-        marker = self.root / "base" / _DONE
-        if not marker.is_file() or json.loads(marker.read_text()).get("steps") == _steps(self.config, "base"):
-            return
-        if any((self.root / arm).exists() for arm in ARMS[1:]):
-            raise ConfigError(f"{self.root} holds arms trained from a base of other warm-up steps "
-                              f"({json.loads(marker.read_text()).get('steps')}); give a new config.workdir")
 
 
 # ---- the summary: a row per policy, mean accuracy over the tasks by length -----------------------------------
