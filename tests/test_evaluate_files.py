@@ -155,17 +155,18 @@ def _trajectory(answer, error=None, rollout=0):
 
 def test_scores_are_the_papers_metrics_averaged_over_rollouts():
     qa = parse_record({"context": "x\n", "input": "q?", "answers": ["The Eiffel Tower", "Eiffel"]}, 0)
-    right = score_sample(qa, [_trajectory("Therefore, the answer is eiffel tower.")], "sub_em")
+    right = score_sample(qa, [_trajectory("Therefore, the answer is eiffel tower.")])
     assert (right["sub_em"], right["exact_match"], right["boxed"]) == (1.0, 1.0, 0.0)
     boxed = score_sample(qa, [_trajectory("\\boxed{Eiffel}"), _trajectory("Paris", rollout=1),
                               _trajectory("\\boxed{Eiffel}", error="oom", rollout=2),
-                              _trajectory("the Eiffel tower in Paris", rollout=3)], "sub_em")
+                              _trajectory("the Eiffel tower in Paris", rollout=3)])
     assert boxed["sub_em"] == 0.5 and boxed["exact_match"] == 0.25 and boxed["boxed"] == 0.25
     assert 0.25 < boxed["f1"] < 0.5
     ruler = parse_record({"input": "text\nWhich numbers?", "outputs": ["123", "456"]}, 0)
-    half = score_sample(ruler, [_trajectory("\\boxed{123}")], "string_match_all")
+    half = score_sample(ruler, [_trajectory("\\boxed{123}")])
     assert (half["string_match_all"], half["string_match_part"], half["boxed"]) == (0.5, 1.0, 0.0)
-    assert score_sample(ruler, [_trajectory("\\boxed{123, 456}")], "string_match_all")["boxed"] == 1.0
+    assert score_sample(ruler, [_trajectory("\\boxed{123, 456}")])["boxed"] == 1.0
+    assert score_sample(ruler, [_trajectory("\\boxed{456, 123}")])["boxed"] == 1.0  # RULER's outputs: any order
 
 
 def test_store_drops_an_unfinished_line_and_refuses_other_settings(tmp_path):

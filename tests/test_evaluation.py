@@ -127,6 +127,11 @@ def test_scoring_counts_right_answers_as_correct(checkpoint):
     # Unboxed but literally right: no reward (the trained format), full string match.
     unboxed = score_trajectories([answered(samples[0], f"It is {samples[0].answers[0]}.")], samples[:1])
     assert (unboxed["accuracy"], unboxed["string_match"]) == (0.0, 1.0)
+    # Several answers (the variable chain's names) are right in any order, as RULER's string_match_all takes them.
+    names = samples[1].answers
+    assert len(names) > 1
+    reversed_names = score_trajectories([answered(samples[1], f"\\boxed{{{', '.join(reversed(names))}}}")], samples[1:])
+    assert reversed_names["accuracy"] == reversed_names["string_match"] == 1.0
 
 
 def test_config_and_flag_checks(checkpoint):

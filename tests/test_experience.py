@@ -63,3 +63,14 @@ def test_overlong_filter_and_penalty_and_errors():
         ExperienceConfig(overlong="clip")
     with pytest.raises(ValueError, match="trajectories"):
         score_groups([ok], [["7"]], 2, ExperienceConfig())
+
+
+def test_every_answer_of_an_all_sample_counts_in_any_order():
+    trajectories = [_trajectory(0, 0, r"\boxed{5, 3}"), _trajectory(0, 1, r"\boxed{3}"),
+                    _trajectory(1, 0, r"\boxed{5, 3}"), _trajectory(1, 1, r"\boxed{3, 5}")]
+    truths = [["3", "5"], ["3, 5", "5, 3"]]  # both values / either alternative
+    groups = score_groups(trajectories, truths, 2, ExperienceConfig(), answer_modes=["all", "any"])
+    np.testing.assert_array_equal(groups[0].correct, [1.0, 0.0])
+    np.testing.assert_array_equal(groups[1].correct, [1.0, 1.0])
+    with pytest.raises(ValueError, match="answer modes"):
+        score_groups(trajectories, truths, 2, ExperienceConfig(), answer_modes=["all"])

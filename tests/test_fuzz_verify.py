@@ -22,6 +22,7 @@ ground_truths = (good_truths | st.lists(good_truths, min_size=1, max_size=4)
 
 SCORERS = {
     "boxed_reward": verify.boxed_reward,
+    "boxed_reward_all": verify.boxed_reward_all,
     "sub_em": lambda pred, golds: verify.best_of(verify.sub_em, pred, golds),
     "exact_match": lambda pred, golds: verify.best_of(verify.exact_match, pred, golds),
     "f1": lambda pred, golds: verify.best_of(verify.f1_score, pred, golds),
@@ -70,3 +71,18 @@ def test_boxed_ground_truth_scores_one(count_case, truth: str, others: list[str]
     assert verify.boxed_reward(response, [*others, truth]) == 1.0
     assert verify.extract_answer(response) == truth.strip()
     assert verify.best_of(verify.exact_match, verify.extract_answer(response), [truth, *others]) == 1.0
+
+
+@given(truths=st.lists(good_truths, min_size=1, max_size=5), order=st.randoms(use_true_random=False),
+       reasoning=answer_text)
+def test_every_answer_boxed_in_any_order_scores_one(count_case, truths: list[str], order: Any,
+                                                     reasoning: str) -> None:
+    # Items the list's commas cannot cut, each normalising to something, within the reward's window.
+    assume(all(_boxable(t) and "," not in t and verify.normalize_math(t.lower()) for t in truths))
+    assume(sum(map(len, truths)) < 200)
+    count_case()
+    shuffled = list(truths)
+    order.shuffle(shuffled)
+    response = f"{reasoning}\nSo the final answer is \\boxed{{{', '.join(shuffled)}}}"
+    assert verify.boxed_reward_all(response, truths) == 1.0
+    assert verify.boxed_reward_all(response, [*truths, "x" + truths[0]]) == 0.0  # one more answer wanted

@@ -7,8 +7,10 @@ import pytest
 
 from memagent_jax.agent.verify import (
     REWARD_WINDOW_CHARS,
+    answer_reward,
     best_of,
     boxed_reward,
+    boxed_reward_all,
     exact_match,
     extract_answer,
     extract_last_boxed,
@@ -177,6 +179,40 @@ def test_bad_ground_truths_raise(gts, msg):
     # Raised even when the response itself is bad: a data bug must not hide behind a 0 reward.
     with pytest.raises(ValueError):
         boxed_reward(None, gts)
+
+
+@pytest.mark.parametrize(
+    "response, answers, expected",
+    [
+        ("\\boxed{1, 2, 3}", ["1", "2", "3"], 1.0),
+        ("\\boxed{3,2 , 1}", ["1", "2", "3"], 1.0),  # any order, any spacing
+        ("memory: ... so \\boxed{ABC DEF, XYZ}", ["xyz", "abc def"], 1.0),  # case-free, inner spaces dropped
+        ("\\boxed{1, 2}", ["1", "2", "3"], 0.0),  # one missing
+        ("\\boxed{1, 2, 3, 4}", ["1", "2", "3"], 0.0),  # one extra
+        ("\\boxed{1, 1, 2}", ["1", "2"], 0.0),  # a repeat is not an answer
+        ("\\boxed{1, 2, }", ["1", "2"], 0.0),  # an empty item
+        ("\\boxed{1 2 3}", ["1", "2", "3"], 0.0),  # not separated
+        ("1, 2, 3", ["1", "2", "3"], 0.0),  # no box
+        ("\\boxed{12}", "12", 1.0),  # one answer, a bare string
+        ("\\boxed{1,000, 2}", ["1,000", "2"], 1.0),  # answers with commas: the given order
+        ("\\boxed{2, 1,000}", ["1,000", "2"], 0.0),
+    ],
+)
+def test_boxed_reward_all_takes_every_answer_in_any_order(response, answers, expected):
+    assert boxed_reward_all(response, answers) == expected
+
+
+def test_answer_reward_follows_the_answer_mode():
+    assert answer_reward("\\boxed{b, a}", ["a", "b"], "all") == 1.0
+    assert answer_reward("\\boxed{b, a}", ["a, b"], "any") == 0.0  # one alternative, compared whole
+    assert answer_reward("\\boxed{a}", ["a", "b"], "any") == 1.0
+    assert answer_reward("\\boxed{a}", ["a", "b"], "all") == 0.0
+    assert boxed_reward_all("x" * 400 + "\\boxed{a, b}", ["b", "a"]) == 1.0  # the same 300-character window
+    assert boxed_reward_all("\\boxed{a, b}" + "x" * 300, ["b", "a"]) == 0.0
+    with pytest.raises(ValueError, match="answer_mode"):
+        answer_reward("\\boxed{a}", ["a"], "every")
+    with pytest.raises(ValueError, match="empty string"):
+        boxed_reward_all("\\boxed{a}", ["a", " "])
 
 
 def test_reward_never_raises_on_random_responses():

@@ -3,7 +3,8 @@
 Training reward (MemAgent's rule-based verifier: Yu et al., 2025, arXiv:2507.02259, and its reference
 implementation): look only at the last 300 characters of the final answer, lower-case them, take the last
 ``\\boxed{...}`` (or ``\\boxed token`` / ``\\fbox{...}``), normalise both sides MATH-style and compare with
-each ground truth; binary, max over ground truths.
+each ground truth; binary, max over ground truths. Questions with several required answers (answer_mode "all")
+score 1 when the box lists exactly those answers, comma-separated, in any order (``boxed_reward_all``).
 
 Evaluation: HotpotQA/SQuAD-normalised exact match, F1 and sub_em, plus RULER's string_match_all/part.
 
@@ -30,8 +31,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 
 __all__ = [
     "REWARD_WINDOW_CHARS",
+    "answer_reward",
     "best_of",
     "boxed_reward",
+    "boxed_reward_all",
     "exact_match",
     "extract_answer",
     "extract_last_boxed",
@@ -147,23 +150,55 @@ def _ground_truth_list(ground_truths: object) -> list[str]:
     return items  # type: ignore[return-value]
 
 
+def _boxed_in_window(response: object) -> str | None:
+    """The last box of the response's last 300 characters, lower-cased (None: no string, no box, unbalanced)."""
+    if not isinstance(response, str):
+        return None
+    # Window first, then lower-case, then extract: a box opening before the window is lost.
+    return extract_last_boxed(response[-REWARD_WINDOW_CHARS:].lower())
+
+
 def boxed_reward(response: object, ground_truths: str | Sequence[str]) -> float:
     """Binary training reward: 1.0 if the last box in the last 300 characters matches any ground truth.
 
     Never raises on the response (None / non-string / no box / unbalanced -> 0.0); raises ValueError on
     empty or non-string ground truths."""
     golds = _ground_truth_list(ground_truths)
-    if not isinstance(response, str):
-        return 0.0
-    # Window first, then lower-case, then extract: a box opening before the window is lost.
-    window = response[-REWARD_WINDOW_CHARS:].lower()
-    boxed = extract_last_boxed(window)
+    boxed = _boxed_in_window(response)
     if boxed is None:
         return 0.0
     pred = normalize_math(boxed)
     if not pred:
         return 0.0
     return 1.0 if any(pred == normalize_math(g.lower()) for g in golds) else 0.0
+
+
+def boxed_reward_all(response: object, answers: str | Sequence[str]) -> float:
+    """Binary reward for questions with several required answers (RULER's multi-value and multi-query needles,
+    variable tracking): 1.0 if the last box (same window as boxed_reward) lists exactly these answers,
+    comma-separated, in any order. The question asks for all of them and RULER scores them order-free
+    (string_match_all); a canonical order would fail an agent that lists them as it read them. A missing,
+    extra or repeated item scores 0. Answers holding a comma cannot be told apart when split, so then the box
+    must equal them joined in the given order. Raises ValueError on empty or non-string answers."""
+    golds = _ground_truth_list(answers)
+    boxed = _boxed_in_window(response)
+    if boxed is None:
+        return 0.0
+    wanted = [normalize_math(g.lower()) for g in golds]
+    if any("," in g for g in wanted):
+        return 1.0 if normalize_math(boxed) == ",".join(wanted) else 0.0
+    listed = [normalize_math(item) for item in boxed.split(",")]
+    return 1.0 if all(listed) and sorted(listed) == sorted(wanted) else 0.0
+
+
+def answer_reward(response: object, answers: str | Sequence[str], answer_mode: str = "any") -> float:
+    """The training reward of a sample by how its answers combine: "any" (alternatives; boxed_reward) or
+    "all" (every one, any order; boxed_reward_all)."""
+    if answer_mode == "any":
+        return boxed_reward(response, answers)
+    if answer_mode == "all":
+        return boxed_reward_all(response, answers)
+    raise ValueError(f"answer_mode must be 'all' or 'any', got {answer_mode!r}")
 
 
 # ---------------------------------------------------------------------------------------------------

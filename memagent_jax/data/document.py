@@ -231,7 +231,8 @@ class Sample:
 
     ``answers``: ground-truth strings. ``answer_mode`` says how they combine: "all" -- every string must
     appear (RULER string_match_all: multi-value/multi-query needles, variable tracking); "any" -- the
-    strings are alternatives (HotpotQA). For the GRPO reward see ``ground_truth``.
+    strings are alternatives (HotpotQA). The GRPO reward is ``verify.answer_reward(response, answers,
+    answer_mode)``: for "all", every answer in the box, in any order.
     """
 
     index: int
@@ -256,5 +257,7 @@ class Sample:
 
     @property
     def ground_truth(self) -> list[str]:
-        """What the rule-based reward compares the boxed answer with (max over the list)."""
+        """The ground truth of a MemAgent training record (``reward_model.ground_truth``): the alternatives, or
+        for "all" the answers joined in their stored order. The reward itself takes an "all" sample's answers in
+        any order (verify.answer_reward); records keep answers and answer mode beside this (data/records.py)."""
         return [self.reward_answer] if self.answer_mode == "all" else list(self.answers)

@@ -20,8 +20,8 @@ those instead. A prompt wrapped in one of RULER's chat templates (``--model_temp
 Answers: HotpotQA-style ground truths are alternatives (answer_mode "any"); RULER's outputs must all
 be found (string_match_all, answer_mode "all"; pass "any" for RULER's QA tasks). Rows we write add
 ``extra_info.answers`` and ``extra_info.answer_mode`` (training) or ``answer_mode`` (evaluation) so
-they read back exactly; for "all" samples ``ground_truth`` is the one comma-joined string the reward
-compares with (``Sample.ground_truth``).
+they read back exactly; for "all" samples ``ground_truth`` is the answers comma-joined (``Sample.ground_truth``),
+one string as the reference's verifier expects, while our reward takes them in any order (verify.answer_reward).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from memagent_jax.agent.memory_agent import Trajectory
-from memagent_jax.agent.verify import boxed_reward
+from memagent_jax.agent.verify import answer_reward
 from memagent_jax.rl.packing import TrainSequence
 
 OVERLONG_MODES = ("none", "filter", "penalty")
@@ -53,15 +53,20 @@ def is_truncated(trajectory: Trajectory) -> bool:
 
 
 def score_groups(trajectories: Sequence[Trajectory], ground_truths: Sequence[Sequence[str]], group_size: int,
-                 cfg: ExperienceConfig) -> list[Group]:
+                 cfg: ExperienceConfig, answer_modes: Sequence[str] | None = None) -> list[Group]:
     """Trajectories ordered by (sample, rollout), as MemoryAgent.run returns them, into scored groups.
+    Each sample's answers combine by its answer mode (verify.answer_reward; default "any": alternatives).
     A trajectory that failed (engine error) scores 0."""
     if len(trajectories) != len(ground_truths) * group_size:
         raise ValueError(f"{len(trajectories)} trajectories for {len(ground_truths)} samples x {group_size}")
+    modes = ["any"] * len(ground_truths) if answer_modes is None else list(answer_modes)
+    if len(modes) != len(ground_truths):
+        raise ValueError(f"{len(modes)} answer modes for {len(ground_truths)} samples")
     groups = []
-    for index, truth in enumerate(ground_truths):
+    for index, (truth, mode) in enumerate(zip(ground_truths, modes, strict=True)):
         members = list(trajectories[index * group_size : (index + 1) * group_size])
-        correct = np.array([0.0 if t.error else boxed_reward(t.answer, list(truth)) for t in members], np.float64)
+        correct = np.array([0.0 if t.error else answer_reward(t.answer, list(truth), mode) for t in members],
+                           np.float64)
         truncated = np.array([is_truncated(t) for t in members])
         rewards = correct.copy()
         if cfg.overlong == "penalty":

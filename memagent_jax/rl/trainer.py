@@ -107,8 +107,10 @@ class GRPOTrainer:
         # Fresh sampling seeds for every step and refill draw, reproducible from (step seed, draw).
         self.agent.config = dataclasses.replace(self.agent.config, seed=zlib.crc32(repr((seed, draw)).encode()))
         trajectories = self.agent.run(tasks, group_size=self.config.group_size)
-        truths = [item.sample.ground_truth for item in batch]
-        return score_groups(trajectories, truths, self.config.group_size, self.config.experience)
+        # Every answer of an "all" sample counts in any order (verify.boxed_reward_all), as the question asks.
+        truths = [item.sample.answers for item in batch]
+        modes = [item.sample.answer_mode for item in batch]
+        return score_groups(trajectories, truths, self.config.group_size, self.config.experience, modes)
 
     def step(self, next_batch: Callable[[], Sequence[AgentSample]], step: int,
              seed: int | None = None) -> dict[str, float]:

@@ -19,8 +19,8 @@ from typing import IO, Any
 
 from memagent_jax.agent.memory_agent import AgentConfig, AgentTask, MemoryAgent, Trajectory
 from memagent_jax.agent.verify import (
+    answer_reward,
     best_of,
-    boxed_reward,
     exact_match,
     extract_answer,
     f1_score,
@@ -65,11 +65,9 @@ class FileEvalConfig:
         return {**dataclasses.asdict(self.agent), "rollouts": self.rollouts}
 
 
-def score_sample(sample: Sample, trajectories: Sequence[Trajectory], metric: str) -> dict[str, float]:
+def score_sample(sample: Sample, trajectories: Sequence[Trajectory]) -> dict[str, float]:
     """Mean over the rollouts of every score; a rollout that failed in the engine scores 0."""
     answers = list(sample.answers)
-    # The boxed reward compares with one string per alternative, or all references joined (Sample.ground_truth's rule).
-    golds = [", ".join(answers)] if metric == "string_match_all" else answers
     totals = dict.fromkeys(SCORES, 0.0)
     for trajectory in trajectories:
         if trajectory.error is not None:
@@ -80,7 +78,8 @@ def score_sample(sample: Sample, trajectories: Sequence[Trajectory], metric: str
         totals["f1"] += best_of(f1_score, prediction, answers)
         totals["string_match_all"] += string_match_all_single(prediction, answers)
         totals["string_match_part"] += string_match_part_single(prediction, answers)
-        totals["boxed"] += boxed_reward(trajectory.answer, golds)
+        # The training reward: one alternative matches, or ("all" samples) every reference, in any order.
+        totals["boxed"] += answer_reward(trajectory.answer, answers, sample.answer_mode)
     return {name: value / len(trajectories) for name, value in totals.items()}
 
 
@@ -231,7 +230,7 @@ def _run_batch(name: str, agent: MemoryAgent, batch: Sequence[tuple[EvalFile, in
                    if c.kind == "memory"]
         store.add({"checkpoint": name, "file": str(f.path), "record": f.keep[position],
                    "index": samples[i].meta.get("index"), "bucket": list(f.buckets[position]), "metric": f.metric,
-                   "scores": score_sample(samples[i], rollouts, f.metric),
+                   "scores": score_sample(samples[i], rollouts),
                    "errors": sum(r.error is not None for r in rollouts),
                    "predictions": [extract_answer(r.answer) for r in rollouts],
                    "answers": list(samples[i].answers), "document_tokens": read[i],

@@ -5,7 +5,8 @@ For each checkpoint folder (HF layout with its tokenizer) one engine is built an
 synthetic samples through the memory agent (greedy by default, so the table is deterministic) and scores
 the final answers two ways:
 
-- accuracy: the training reward (`boxed_reward` against `sample.ground_truth`), i.e. what RL optimised;
+- accuracy: the training reward (`answer_reward`: the box holds the answer, or for answer_mode "all" every
+  answer in any order), i.e. what RL optimised;
 - string_match: RULER's metric on the extracted answer against `sample.answers` (string_match_all for
   answer_mode "all", as in the default tasks; string_match_part for "any", where answers are alternatives).
 
@@ -27,7 +28,7 @@ from memagent_jax.agent.engine_sizing import size_engine
 from memagent_jax.agent.memory_agent import CHUNK_BOUNDARIES, AgentConfig, AgentTask, Trajectory
 from memagent_jax.agent.prompts import AgentPrompts
 from memagent_jax.agent.verify import (
-    boxed_reward,
+    answer_reward,
     extract_answer,
     extract_last_boxed,
     string_match_all_single,
@@ -146,7 +147,7 @@ def score_trajectories(trajectories: Sequence[Trajectory], samples: Sequence[Sam
             rewards.append(0.0)
             matches.append(0.0)
         else:
-            rewards.append(boxed_reward(trajectory.answer, sample.ground_truth))
+            rewards.append(answer_reward(trajectory.answer, sample.answers, sample.answer_mode))
             match = string_match_all_single if sample.answer_mode == "all" else string_match_part_single
             matches.append(match(extract_answer(trajectory.answer), list(sample.answers)))
             boxed += extract_last_boxed(trajectory.answer) is not None
