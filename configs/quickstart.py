@@ -76,12 +76,12 @@ def get_config() -> ml_collections.ConfigDict:
         "steps": 300, "batch_size": 8, "mini_batch_size": 8, "num_samples": 100_000,
         "tasks": RULER_TASKS, "lengths": (512, 1024, 2048, 4096), "sources": (), "quiet_updates": 2,
         "optimizer": optimizer_section(3e-3, 20)})
-    # Two GRPO steps fit the 30-minute budget: a step of 4 samples x 4 rollouts on 1-2K documents takes ~40 s on
-    # 2 cores (the first ~2 minutes: it compiles the engine and the update); 6 steps took the whole run to 32
-    # minutes (BENCHMARKS.md "Digit pairs"). Raise rl.steps where time allows. rl.loss.dual_clip and tis_cap set to
-    # ml_collections' placeholder(float) (None) turn them off.
+    # GRPO gets what the 30-minute budget leaves after the warm-ups, SFT and the evaluation: 14 steps of 4 documents
+    # x 4 rollouts on 1-2K tokens, ~20-30 s each on 2 cores once compiled (BENCHMARKS.md "GRPO step cost"). An
+    # answer of several values (multi-value, multi-query, vt) is rewarded when every value is boxed, in any order.
+    # rl.loss.dual_clip and tis_cap set to ml_collections' placeholder(float) (None) turn them off.
     config.rl = ml_collections.ConfigDict({
-        "steps": 2, "batch_size": 4, "mini_batch_size": 2, "num_samples": 100_000,
+        "steps": 14, "batch_size": 4, "mini_batch_size": 2, "num_samples": 100_000,
         "tasks": RULER_TASKS, "lengths": (1024, 2048), "sources": (),
         "group_size": 4, "dynamic_sampling": True, "max_refills": 1,
         "normalize_std": False, "overlong": "filter", "overlong_penalty": 1.0,
