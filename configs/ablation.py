@@ -20,15 +20,14 @@ and the issue's goals checked), ablation.png (accuracy against length, one line 
 results.json and accuracy.png per task. Rerunning the same command resumes: finished arms are skipped, a
 stopped one continues from its checkpoint, evaluated cells are kept.
 
-Budget, about 3 hours on 2 cores (this machine class, shared with other jobs): copy 300 + retrieval 300 steps
-~10 min (measured 585 s); SFT 300 steps ~8 min; RL only's GRPO steps on niah_single at 256-512 tokens (8
-rollouts, up to 2 refills) took 9-25 s each over its first 30 (477 s with start-up), so its 120 steps ~30-40 min
-(more while more groups carry a reward and are trained); SFT+GRPO's 30 steps of 4 documents x 4 rollouts of 1-2K
-tokens ~40 s each, ~20 min; the evaluation 4 policies x 5 tasks x 6 lengths, ~45-60 min when the prefix cache
-serves the repeated haystack chunks (a policy whose memory changes at every chunk, or niah_multikey's
-all-needle haystack, reads ~10K tokens/s, and 1M cells then take ~7 minutes each: lower
-ablation.long_samples_per_cell to fit a tighter budget). RL only gets the bulk of the GRPO budget: it starts from a
-policy that has never written a memory, where SFT+GRPO starts from one that has.
+Budget on 2 cores (measured on machine B, 2026-12-06, README "RL ablation"): copy and retrieval 6 min; RL only's
+120 GRPO steps 17 min (8-25 s a step on niah_single at 256-512 tokens); SFT's 300 steps and SFT+GRPO's 30 GRPO
+steps 12 min; the evaluation at 1K-64K, 4 policies x 5 tasks x 8 documents, 16 min. The 256K and 1M cells cost
+the most where the memory never settles and prefix caching cannot help: the no-RL policy took 155 s for two
+256K documents, so its 1M cells take ~10 minutes each, and niah_multikey's all-needle haystack reads ~10K
+tokens/s. With ablation.long_samples_per_cell = 2 the whole command is estimated at ~2.5 hours;
+`--config.eval.long=False` stops at 64K (under an hour), and `memagent-evaluate --lengths 256K,1M` adds long
+cells for chosen policies and tasks.
 
 The RL-only arm's first rewards (measured, temperature 1): the base without the final-answer-prompt half of the
 retrieval warm-up scored 0 on all 240 rollouts of the five tasks at 256, 512 and 1,024 tokens and on 256 more at
@@ -68,7 +67,7 @@ def get_config() -> ml_collections.ConfigDict:
     # rate (at 1e-4 the reward rose from 0.02 to ~0.05 in 30 steps; at 3e-4 to 0.2-0.4 by steps 11-17). SFT+GRPO
     # keeps config.rl.
     config.ablation = ml_collections.ConfigDict({
-        "sft_rl_steps": 30, "long_samples_per_cell": 4,
+        "sft_rl_steps": 30, "long_samples_per_cell": 2,
         "rl_only": {"tasks": ("niah_single",), "lengths": (256, 512), "group_size": 8, "max_refills": 2,
                     "optimizer": {"learning_rate": 3e-4}}})
     config.eval.update(lengths=(1024, 4096, 16384, 65536), long=True, samples_per_cell=8, batch=8)
