@@ -34,8 +34,10 @@ def score_notes(completion: str, answers: Sequence[str]) -> tuple[float, float]:
 
 
 def probe(model: Transformer, tokenizer: Tokenizer, task_name: str, length: int, samples: int,
-          key_split: str = "eval", seed: int = 7, max_new_tokens: int = 48) -> dict[str, float]:
-    """The mean `all` and `part` scores over `samples` fresh documents of one task and length."""
+          key_split: str = "eval", seed: int = 7, max_new_tokens: int = 48,
+          question_first: bool = False) -> dict[str, float]:
+    """The mean `all` and `part` scores over `samples` fresh documents of one task and length (the question
+    before the document with `question_first`, as config.retrieval.question_first trains it)."""
     task = make_task(task_name, tokenizer, length, seed=seed, key_split=key_split)
     source = SyntheticSource(task, samples)
     newline = tokenizer.encode("\n")
@@ -43,7 +45,9 @@ def probe(model: Transformer, tokenizer: Tokenizer, task_name: str, length: int,
     for index in range(samples):
         sample = source[index]
         document = [int(t) for piece in sample.document.iter_tokens(tokenizer, length) for t in piece]
-        prompts.append(document + newline + tokenizer.encode(sample.question) + newline)
+        question = tokenizer.encode(sample.question)
+        prompts.append(question + newline + document + newline if question_first
+                       else document + newline + question + newline)
         answers.append(sample.answers)
     outputs = greedy_generate(model, prompts, max_new_tokens, stop_ids=tuple(tokenizer.stop_ids))
     scores = [score_notes(tokenizer.decode(output), truth) for output, truth in zip(outputs, answers, strict=True)]
@@ -57,13 +61,15 @@ def main() -> None:
     parser.add_argument("--lengths", default="128,256", help="document lengths in tokens")
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--key_split", default="eval", choices=KEY_SPLITS)
+    parser.add_argument("--question_first", action="store_true", help="the question before the document")
     args = parser.parse_args()
     tokenizer = load_tokenizer(args.checkpoint)
     model, _ = load_hf_checkpoint(args.checkpoint)
     print("| task | length | keys | every answer | share of answers |\n|---|---:|---|---:|---:|")
     for task_name in args.tasks.split(","):
         for length in (int(n) for n in args.lengths.split(",")):
-            result = probe(model, tokenizer, task_name, length, args.samples, args.key_split)
+            result = probe(model, tokenizer, task_name, length, args.samples, args.key_split,
+                           question_first=args.question_first)
             print(f"| {task_name} | {length} | {args.key_split} | {result['all']:.0%} | {result['part']:.0%} |",
                   flush=True)
 

@@ -173,3 +173,8 @@ def test_retrieval_answer_prompt_fraction_is_checked():
     retrieval_settings(_parse("--config.retrieval.answer_prompt_fraction=0.5"))
     with pytest.raises(configuration.ConfigError, match="config.retrieval.answer_prompt_fraction"):
         retrieval_settings(_parse("--config.retrieval.answer_prompt_fraction=1.5"))
+    config = _parse()
+    config.retrieval.unlock()
+    config.retrieval.question_first = None
+    with pytest.raises(configuration.ConfigError, match="config.retrieval.question_first must be True or False"):
+        retrieval_settings(config)

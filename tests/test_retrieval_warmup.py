@@ -57,6 +57,22 @@ def test_boxed_answer_follows_the_evidence_lines_when_asked(tokenizer, task):
         assert lines[-1] == "\\boxed{" + item.sample.reward_answer + "}" and boxed.tokens[-1] == end
 
 
+def test_question_first_puts_the_question_before_the_document_and_keeps_the_target(tokenizer):
+    end = end_of_turn_id(tokenizer)
+    newline = tokenizer.encode("\n")
+    items = _samples(tokenizer, "niah_multikey", 96)
+    for item in items:
+        plain = retrieval_sequence(item, tokenizer, end, row_len=512, boxed_answer=True)
+        first = retrieval_sequence(item, tokenizer, end, row_len=512, boxed_answer=True, question_first=True)
+        document = [int(t) for chunk in item.iter_chunks(tokenizer) for t in chunk]
+        question = [int(t) for t in item.question_ids]
+        assert list(first.tokens[:first.prompt_len]) == question + newline + document + newline
+        assert list(first.tokens[first.prompt_len:]) == list(plain.tokens[plain.prompt_len:])
+    batch = retrieval_batch(items, tokenizer, end, 512, boxed_answer=True, question_first=True)
+    assert [list(seq.tokens[:len(item.question_ids)]) for seq, item in zip(batch, items, strict=True)] == [
+        [int(t) for t in item.question_ids] for item in items]
+
+
 def test_too_long_for_the_row_and_no_evidence_are_errors(tokenizer):
     end = end_of_turn_id(tokenizer)
     items = _samples(tokenizer, "niah_single", 96)

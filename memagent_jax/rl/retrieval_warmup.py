@@ -11,9 +11,13 @@ the notes of the document's evidence (what the oracle memory holds after the las
 ("Retrieval warm-up") has the measured effect.
 
 Sequence: document tokens, newline, question, newline | the evidence memory (data.document.evidence_memory),
-end-of-turn; loss on the part after the bar. With `boxed_answer` the target goes on to the agent's final answer,
-`\\boxed{...}` after one more newline: a model answers from a memory of evidence lines, and copying the value
-out of a line into the box is trained here on every sample, where SFT has one answer per document.
+end-of-turn; loss on the part after the bar. With `question_first` the question comes first (question, newline,
+document, newline), as in the agent's memory-update prompt, where the problem precedes the section: a needle's key
+can then be checked against the question while the needle is read, instead of only when the value is written.
+
+With `boxed_answer` the target goes on to the agent's final answer, `\\boxed{...}` after one more newline: a
+model answers from a memory of evidence lines, and copying the value out of a line into the box is trained here
+on every sample, where SFT has one answer per document.
 
 With an `answer_prompt` (the agent's final-answer prompt) a share of the samples is rendered in it instead: the
 question in its problem slot, the short document in its memory slot, then the boxed answer alone (with the evidence
@@ -34,9 +38,11 @@ from memagent_jax.tokenizer import Tokenizer
 
 
 def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row_len: int,
-                       boxed_answer: bool = False, answer_prompt: SlotPrompt | None = None) -> TrainSequence:
-    """One sample as a retrieval sequence: the document, newline, question, newline, then the evidence lines
-    (and the boxed answer when `boxed_answer`); with `answer_prompt` (slots prompt and memory) that prompt
+                       boxed_answer: bool = False, answer_prompt: SlotPrompt | None = None,
+                       question_first: bool = False) -> TrainSequence:
+    """One sample as a retrieval sequence: the document, newline, question, newline (question first with
+    `question_first`), then the evidence lines (and the boxed answer when `boxed_answer`); with `answer_prompt`
+    (slots prompt and memory) that prompt
     holding the question and the document, then the boxed answer alone. ValueError when the sample has no
     evidence or does not fit a packed row of `row_len` inputs."""
     sample = item.sample
@@ -49,6 +55,8 @@ def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row
     question = [int(t) for t in item.question_ids]
     if answer_prompt is not None:
         prompt = answer_prompt.assemble({"prompt": question, "memory": document})
+    elif question_first:
+        prompt = question + newline + document + newline
     else:
         prompt = document + newline + question + newline
     text = evidence_memory([span.memory_text for span in ordered], all(span.note for span in ordered))
@@ -66,7 +74,7 @@ def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row
 
 def retrieval_batch(items: Sequence[AgentSample], tokenizer: Tokenizer, end_id: int, row_len: int,
                     boxed_answer: bool = False, answer_prompt: SlotPrompt | None = None,
-                    answer_prompt_fraction: float = 0.0) -> list[TrainSequence]:
+                    answer_prompt_fraction: float = 0.0, question_first: bool = False) -> list[TrainSequence]:
     """The batch's sequences: its first round(answer_prompt_fraction * len(items)) samples in `answer_prompt`
     (the batches come shuffled, so which samples is random), the others as document, question, evidence."""
     if not 0.0 <= answer_prompt_fraction <= 1.0:
@@ -74,5 +82,6 @@ def retrieval_batch(items: Sequence[AgentSample], tokenizer: Tokenizer, end_id: 
     if answer_prompt_fraction and answer_prompt is None:
         raise ValueError("answer_prompt_fraction > 0 needs an answer_prompt")
     prompted = round(answer_prompt_fraction * len(items))
-    return [retrieval_sequence(item, tokenizer, end_id, row_len, boxed_answer, answer_prompt if i < prompted else None)
+    return [retrieval_sequence(item, tokenizer, end_id, row_len, boxed_answer, answer_prompt if i < prompted else None,
+                               question_first)
             for i, item in enumerate(items)]

@@ -84,7 +84,8 @@ def run_keys() -> Section:
         # train: both the packed rows and the update (its objective, loss and temperature come per phase).
         "train": built_into(BatchShape, UpdateConfig, exclude=("objective", "loss", "temperature")),
         "copy": built_into(CopyTaskConfig, BatchShape, read=("steps", "batch_size"), sections={"optimizer": optimizer}),
-        "retrieval": built_into(BatchShape, read=(*phase_data, "boxed_answer", "answer_prompt_fraction"),
+        "retrieval": built_into(BatchShape, read=(*phase_data, "boxed_answer", "answer_prompt_fraction",
+                                                         "question_first"),
                                 sections={"optimizer": optimizer}),
         "sft": Section({**values(*phase_data, "mini_batch_size", "quiet_updates"), "optimizer": optimizer}),
         "rl": built_into(RLConfig, ExperienceConfig, exclude=("experience",), read=phase_data,

@@ -81,19 +81,21 @@ def copy_section(steps: int, batch_size: int = 64, learning_rate: float = 3e-3, 
 
 def retrieval_section(steps: int, tasks: Sequence[str] = ("niah_single",), lengths: Sequence[int] = (64, 128),
                       batch_size: int = 32, learning_rate: float = 3e-3, row_len: int = 512,
-                      boxed_answer: bool = False, answer_prompt_fraction: float = 0.0) -> ml_collections.ConfigDict:
+                      boxed_answer: bool = False, answer_prompt_fraction: float = 0.0,
+                      question_first: bool = False) -> ml_collections.ConfigDict:
     """The retrieval warm-up phase (rl/retrieval_warmup.py): short documents of the given tasks and lengths,
     each followed by its question and then its evidence lines (and, with `boxed_answer`, the boxed final
     answer; loss on those), packed into `row_len`-token rows; `answer_prompt_fraction` of each batch instead
     in the agent's final-answer prompt (question, the document in the memory's place; then evidence lines and
-    boxed answer). For models trained from scratch, after the copy warm-up; pretrained checkpoints skip it
+    boxed answer); `question_first` puts the question before the document, as the agent's memory-update prompt
+    does. For models trained from scratch, after the copy warm-up; pretrained checkpoints skip it
     (steps=0)."""
     return ml_collections.ConfigDict({
         "steps": steps, "batch_size": batch_size, "num_samples": 100_000, "tasks": tuple(tasks),
         "lengths": tuple(int(n) for n in lengths), "sources": (), "row_len": row_len, "rows_per_micro": 8,
         "ppo_epochs": 1,
         "boxed_answer": boxed_answer, "answer_prompt_fraction": float(answer_prompt_fraction),
-        "optimizer": optimizer_section(learning_rate, 20)})
+        "question_first": question_first, "optimizer": optimizer_section(learning_rate, 20)})
 
 
 def output_sections(config: ml_collections.ConfigDict, checkpoint_every: int = 10, keep: int = 3) -> None:

@@ -102,6 +102,9 @@ def retrieval_settings(config: ml_collections.ConfigDict) -> tuple[BatchShape, O
     fraction = config.retrieval.answer_prompt_fraction
     if not isinstance(fraction, (int, float)) or not 0.0 <= fraction <= 1.0:
         raise ConfigError(f"config.retrieval.answer_prompt_fraction must be a number in [0, 1], got {fraction!r}")
+    for flag in ("boxed_answer", "question_first"):
+        if not isinstance(config.retrieval[flag], bool):
+            raise ConfigError(f"config.retrieval.{flag} must be True or False, got {config.retrieval[flag]!r}")
     return _build(BatchShape, config.retrieval, "retrieval"), optimizer_config(config.retrieval, "retrieval")
 
 

@@ -270,8 +270,10 @@ class TrainingRun:
             end, row_len = end_of_turn_id(self.tokenizer), policy.shape.row_len
             boxed = bool(self.config.retrieval.boxed_answer)
             fraction = float(self.config.retrieval.answer_prompt_fraction)
+            question_first = bool(self.config.retrieval.question_first)
             return lambda step, seed: policy.train([retrieval_batch(next(data), self.tokenizer, end, row_len, boxed,
-                                                                    self.prompts.final_answer, fraction)])
+                                                                    self.prompts.final_answer, fraction,
+                                                                    question_first)])
         if phase == "sft":
             trainer = SFTTrainer(policy, self.agent, self.config.sft.mini_batch_size, self.config.sft.quiet_updates)
             return lambda step, seed: trainer.step(next(data))
