@@ -68,10 +68,11 @@ def get_config() -> ml_collections.ConfigDict:
     # RULER's tasks (data/tasks.py) with training keys; evaluations use keys of the other half of the vocabulary.
     # vt_plain: RULER's worked example does not fit documents this short. boxed_answer: the target ends with the
     # boxed final answer, so copying a value from an evidence line into the box is trained on every sample.
-    # question_first: the question before the document, as in the memory-update prompt (niah_multiquery 0% -> 12-25%
-    # at 1K-64K; BENCHMARKS.md "What each change contributes").
+    # question_first=True (the question before the document, as in the memory-update prompt) was measured and left
+    # off: niah_multiquery 0% -> 12-25%, but niah_single 118/128 instead of 126/128 at 4K and 16K (BENCHMARKS.md
+    # "What each change contributes").
     config.retrieval = retrieval_section(300, tasks=RULER_TASKS[:-1] + ("vt_plain",), lengths=(64, 96, 128),
-                                         batch_size=32, boxed_answer=True, question_first=True)
+                                         batch_size=32, boxed_answer=True, question_first=False)
     # SFT documents up to 4K tokens, each training its evidence updates, its answer and 2 of its other updates
     # (sft.quiet_updates): trained on 256-1,024-token documents only, the model wiped found needles at 4K+.
     config.sft = ml_collections.ConfigDict({
