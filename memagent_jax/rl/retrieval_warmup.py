@@ -42,9 +42,8 @@ def retrieval_sequence(item: AgentSample, tokenizer: Tokenizer, end_id: int, row
                        question_first: bool = False) -> TrainSequence:
     """One sample as a retrieval sequence: the document, newline, question, newline (question first with
     `question_first`), then the evidence lines (and the boxed answer when `boxed_answer`); with `answer_prompt`
-    (slots prompt and memory) that prompt
-    holding the question and the document, then the boxed answer alone. ValueError when the sample has no
-    evidence or does not fit a packed row of `row_len` inputs."""
+    (slots prompt and memory) that prompt holding the question and the document, then the boxed answer alone.
+    ValueError when the sample has no evidence or does not fit a packed row of `row_len` inputs."""
     sample = item.sample
     # In reading order, like the oracle memory after the last chunk.
     ordered = sorted(sample.document.spans, key=lambda span: span.piece)
