@@ -200,3 +200,17 @@ def test_evaluation_columns_are_named_by_the_phases_that_trained():
     assert policy_names(tiny_config(sft=2, rl=0)) == {"SFT": "export"}
     assert policy_names(tiny_config(copy=2, sft=0, rl=0)) == {"warm-ups": "export"}
     assert policy_names(tiny_config(sft=0, rl=0)) == {"checkpoint": "export"}
+
+
+def test_retrieval_question_first_reaches_the_warm_up_batches(tmp_path, tokenizer_dir):
+    """config.retrieval.question_first changes what the retrieval phase trains on: the same first batch in the
+    other order gives another loss (with the key ignored, both runs would log the same one)."""
+    from memagent_jax.run.training import TrainingRun
+
+    losses = []
+    for question_first in (False, True):
+        config = _config(tmp_path / str(question_first), tokenizer_dir, retrieval=1, sft=0, rl=0)
+        config.retrieval.question_first = question_first
+        TrainingRun(config).run()
+        losses.append(_metrics(tmp_path / str(question_first))[(1, "retrieval/nll")])
+    assert losses[0] != pytest.approx(losses[1], rel=1e-4)
