@@ -75,7 +75,8 @@ def retrieval_batch(items: Sequence[AgentSample], tokenizer: Tokenizer, end_id: 
                     boxed_answer: bool = False, answer_prompt: SlotPrompt | None = None,
                     answer_prompt_fraction: float = 0.0, question_first: bool = False) -> list[TrainSequence]:
     """The batch's sequences: its first round(answer_prompt_fraction * len(items)) samples in `answer_prompt`
-    (the batches come shuffled, so which samples is random), the others as document, question, evidence."""
+    (the batches come shuffled, so which samples is random), the others as document, question, evidence (question,
+    document, evidence with `question_first`)."""
     if not 0.0 <= answer_prompt_fraction <= 1.0:
         raise ValueError(f"answer_prompt_fraction must be in [0, 1], got {answer_prompt_fraction}")
     if answer_prompt_fraction and answer_prompt is None:
